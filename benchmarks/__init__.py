@@ -1,0 +1,1 @@
+"""Benchmarks against a real local registry (`make bench`)."""

@@ -1,0 +1,501 @@
+"""Orchestration of one image: resolve, negotiate, verify every manifest, config and layer.
+
+Layer: I/O orchestration. The fixed order of checks for one reference:
+
+    1. manifest bytes  == pinned digest, == Docker-Content-Digest     (exact bytes served)
+    2. index entry     -> child manifest == the digest and size its index gave
+    3. config blob     == its descriptor (digest, size); its digest is the image ID
+    4. diff_ids        one per layer
+    5. every layer     concurrently: digest and size as sent, then inflate, then diff_id
+
+Failures are recorded in the result, not raised: one broken layer does not hide the
+verdict on the others. Only cancellation escapes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import aiohttp
+import anyio
+
+from puller.auth.tokens import Authenticator, Credentials
+from puller.digest import Digest, parse_digest
+from puller.errors import (
+    CertificateError,
+    ContentDigestMismatch,
+    DigestMismatch,
+    InvalidContent,
+    NetworkError,
+    PullVerifyError,
+    RegistryError,
+    SizeMismatch,
+    UnsupportedContent,
+)
+from puller.imageconfig import MAX_CONFIG_BYTES, parse_config
+from puller.manifest import (
+    Descriptor,
+    ImageIndex,
+    ImageManifest,
+    Platform,
+    choose_platform,
+    host_platform,
+    parse_manifest,
+)
+from puller.mediatypes import layer_compression
+from puller.reference import Reference
+from puller.registry import FetchedManifest, RegistryClient
+from puller.report import Check, ImageResult, LayerResult, PullResult
+from puller.retry import Attempts, RetryPolicy
+from puller.sink import BlobSink, BlobWriter, DiscardSink
+from puller.transport import TransportOptions, open_session, translate
+from puller.verify import BlobVerifier, LayerVerifier
+
+CHUNK_SIZE = 1 << 20
+DEFAULT_JOBS = 4
+DEFAULT_MAX_LAYER_SIZE = 64 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class PullOptions:
+    platform: Platform | None = None  # None: this machine's
+    all_platforms: bool = False
+    jobs: int = DEFAULT_JOBS
+    max_layer_size: int | None = DEFAULT_MAX_LAYER_SIZE
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    transport: TransportOptions = field(default_factory=TransportOptions)
+    credentials: Credentials | None = None
+    chunk_size: int = CHUNK_SIZE
+    cpu_threads: int = 0  # 0: one per core
+
+
+class Progress(Protocol):
+    def image_started(self, image: ImageResult) -> None: ...
+    def layer_started(self, image: ImageResult, layer: LayerResult) -> None: ...
+    def layer_advanced(self, layer: LayerResult, nbytes: int) -> None: ...
+    def layer_finished(self, image: ImageResult, layer: LayerResult) -> None: ...
+    def retrying(self, what: str, error: PullVerifyError, delay: float) -> None: ...
+
+
+class NoProgress:
+    def image_started(self, image: ImageResult) -> None:
+        return None
+
+    def layer_started(self, image: ImageResult, layer: LayerResult) -> None:
+        return None
+
+    def layer_advanced(self, layer: LayerResult, nbytes: int) -> None:
+        return None
+
+    def layer_finished(self, image: ImageResult, layer: LayerResult) -> None:
+        return None
+
+    def retrying(self, what: str, error: PullVerifyError, delay: float) -> None:
+        return None
+
+
+def plain_http_allowed(reference: Reference, options: TransportOptions) -> bool:
+    """Loopback hosts and hosts named with --insecure may be spoken to without TLS."""
+    return reference.is_loopback or reference.registry in options.insecure_hosts
+
+
+async def connect(
+    session: aiohttp.ClientSession, reference: Reference, options: PullOptions
+) -> RegistryClient:
+    """A client for the reference's registry, its scheme settled and the host pinged.
+
+    Like docker, a host that may use plain HTTP is tried over HTTPS first; it falls back
+    only when the server does not speak TLS at all, never past a certificate it distrusts.
+    """
+    client = RegistryClient(
+        session,
+        reference.api_host,
+        authenticator=Authenticator(reference.api_host, options.credentials),
+        retry=options.retry,
+    )
+    if not plain_http_allowed(reference, options.transport):
+        await client.ping()
+        return client
+    probe = RegistryClient(session, reference.api_host, retry=RetryPolicy.none())
+    try:
+        await probe.ping()
+    except CertificateError:
+        raise
+    except (NetworkError, RegistryError):
+        client.scheme = "http"
+        await client.ping()
+    return client
+
+
+async def iter_chunks(content: aiohttp.StreamReader, size: int) -> AsyncIterator[bytes]:
+    """The body in chunks of ``size`` bytes (the last shorter): fewer thread hand-offs."""
+    parts: list[bytes] = []
+    have = 0
+    while True:
+        data = await content.read(size - have)
+        if not data:
+            break
+        parts.append(data)
+        have += len(data)
+        if have >= size:
+            yield parts[0] if len(parts) == 1 else b"".join(parts)
+            parts, have = [], 0
+    if parts:
+        yield b"".join(parts)
+
+
+def check_content_range(header: str | None, offset: int, size: int, what: str) -> None:
+    """A 206 must start exactly where we asked; anything else would splice wrong bytes."""
+    expected = f"bytes {offset}-{size - 1}/{size}"
+    if header is None:
+        raise RegistryError(f"{what}: partial response without Content-Range")
+    try:
+        unit, _, rest = header.strip().partition(" ")
+        span, _, total = rest.partition("/")
+        start_text, _, end_text = span.partition("-")
+        start, end = int(start_text), int(end_text)
+        total_ok = total == "*" or int(total) == size
+    except ValueError:
+        raise RegistryError(f"{what}: malformed Content-Range {header!r}") from None
+    if unit != "bytes" or start != offset or end < start or end >= size or not total_ok:
+        raise RegistryError(
+            f"{what}: asked for bytes from {offset}, got Content-Range "
+            f"{header!r} (expected {expected})"
+        )
+
+
+class Puller:
+    """Verifies images of one registry through one client, writing to one sink."""
+
+    def __init__(
+        self,
+        client: RegistryClient,
+        options: PullOptions,
+        *,
+        sink: BlobSink | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.client = client
+        self.options = options
+        self.sink: BlobSink = sink or DiscardSink()
+        self.progress: Progress = progress or NoProgress()
+        self._jobs = anyio.CapacityLimiter(max(1, options.jobs))
+        self._cpu = anyio.CapacityLimiter(max(1, options.cpu_threads or os.cpu_count() or 2))
+
+    async def pull(self, reference: Reference) -> PullResult:
+        result = PullResult(reference=str(reference))
+        try:
+            await self._pull(reference, result)
+        except PullVerifyError as exc:
+            result.error = exc
+        rate = self.client.rate_limit
+        if rate is not None:
+            result.rate_limit = {"limit": rate.limit, "remaining": rate.remaining}
+        return result
+
+    async def _pull(self, reference: Reference, result: PullResult) -> None:
+        repo = reference.repository
+        # With both a tag and a digest, ask for the tag: the pin then also asserts that the
+        # tag still names that manifest (docker would silently ignore the tag).
+        fetched = await self.client.get_manifest(repo, reference.tag or reference.manifest_ref)
+        digest = self._check_manifest_digest(reference, fetched, result.checks)
+        result.manifest_digest = digest
+        manifest = parse_manifest(fetched.data, fetched.content_type)
+        result.media_type = manifest.media_type
+        top = Descriptor(manifest.media_type, digest, len(fetched.data))
+        if isinstance(manifest, ImageManifest):
+            image = ImageResult(
+                reference=str(reference), manifest_digest=digest, media_type=manifest.media_type
+            )
+            result.images.append(image)
+            await self._verify_image(reference, manifest, image)
+            if image.ok:
+                await self.sink.put_verified(top, fetched.data)
+                await self.sink.finish_image(str(reference), top)
+            return
+        entries = self._select(manifest)
+        async with anyio.create_task_group() as tg:
+            for entry in entries:
+                image = ImageResult(
+                    reference=f"{reference.registry}/{repo}@{entry.digest}",
+                    platform=entry.platform,
+                    manifest_digest=entry.digest,
+                    media_type=entry.media_type,
+                )
+                result.images.append(image)
+                tg.start_soon(self._verify_child, reference, entry, image)
+        if result.ok:
+            await self.sink.put_verified(top, fetched.data)
+            await self.sink.finish_image(str(reference), top)
+
+    def _select(self, index: ImageIndex) -> list[Descriptor]:
+        if self.options.all_platforms:
+            entries = [d for d in index.images() if d.platform is not None]
+            if not entries:
+                raise UnsupportedContent("the index lists no platform images")
+            return entries
+        return [choose_platform(index, self.options.platform or host_platform())]
+
+    def _check_manifest_digest(
+        self, reference: Reference, fetched: FetchedManifest, checks: list[Check]
+    ) -> Digest:
+        """The digest of the exact bytes served, checked against the pin and the header."""
+        subject = f"manifest {reference}"
+        algorithm = reference.digest.algorithm if reference.digest else "sha256"
+        header = None
+        if fetched.content_digest:
+            header = parse_digest(fetched.content_digest, what="Docker-Content-Digest")
+            algorithm = reference.digest.algorithm if reference.digest else header.algorithm
+        actual = Digest.of(fetched.data, algorithm)
+        if reference.digest is not None:
+            ok = actual == reference.digest
+            checks.append(Check("manifest-digest", subject, str(reference.digest), str(actual), ok))
+            if not ok:
+                raise DigestMismatch(
+                    f"{subject}: served manifest hashes to {actual}, not the pinned "
+                    f"{reference.digest}",
+                    subject=subject,
+                    expected=str(reference.digest),
+                    actual=str(actual),
+                    bytes_read=len(fetched.data),
+                )
+        if header is not None:
+            served = Digest.of(fetched.data, header.algorithm)
+            ok = served == header
+            checks.append(Check("docker-content-digest", subject, str(header), str(served), ok))
+            if not ok:
+                raise ContentDigestMismatch(
+                    f"{subject}: registry claims Docker-Content-Digest {header} but the bytes "
+                    f"it served hash to {served}",
+                    subject=subject,
+                    expected=str(header),
+                    actual=str(served),
+                    bytes_read=len(fetched.data),
+                )
+        return actual
+
+    async def _verify_child(
+        self, reference: Reference, entry: Descriptor, image: ImageResult
+    ) -> None:
+        """One platform's manifest, named by digest in the index."""
+        try:
+            fetched = await self.client.get_manifest(reference.repository, str(entry.digest))
+            subject = f"manifest {image.reference}"
+            actual = Digest.of(fetched.data, entry.digest.algorithm)
+            ok = actual == entry.digest and len(fetched.data) == entry.size
+            image.checks.append(
+                Check(
+                    "manifest-digest",
+                    subject,
+                    str(entry.digest),
+                    str(actual),
+                    actual == entry.digest,
+                )
+            )
+            if not ok:
+                cls = DigestMismatch if actual != entry.digest else SizeMismatch
+                raise cls(
+                    f"{subject}: index names {entry.digest} ({entry.size} bytes), registry "
+                    f"served {actual} ({len(fetched.data)} bytes)",
+                    subject=subject,
+                    expected=str(entry.digest),
+                    actual=str(actual),
+                    bytes_read=len(fetched.data),
+                )
+            manifest = parse_manifest(fetched.data, fetched.content_type)
+            if not isinstance(manifest, ImageManifest):
+                raise UnsupportedContent(f"{subject}: nested indexes are not supported")
+            await self._verify_image(reference, manifest, image)
+            if image.ok:
+                await self.sink.put_verified(entry, fetched.data)
+        except PullVerifyError as exc:
+            image.error = exc
+
+    async def _verify_image(
+        self, reference: Reference, manifest: ImageManifest, image: ImageResult
+    ) -> None:
+        try:
+            await self._verify_image_inner(reference, manifest, image)
+        except PullVerifyError as exc:
+            image.error = exc
+
+    async def _verify_image_inner(
+        self, reference: Reference, manifest: ImageManifest, image: ImageResult
+    ) -> None:
+        repo = reference.repository
+        config_desc = manifest.config
+        subject = f"config {config_desc.digest}"
+        if config_desc.size > MAX_CONFIG_BYTES:
+            raise InvalidContent(
+                f"{subject}: {config_desc.size} bytes is over the "
+                f"{MAX_CONFIG_BYTES} byte limit for a config"
+            )
+        data = await self.client.get_blob_bytes(repo, config_desc.digest, config_desc.size)
+        checker = BlobVerifier(config_desc.digest, config_desc.size, subject)
+        checker.update(data)
+        try:
+            checker.finish()
+        finally:
+            actual = Digest.of(data, config_desc.digest.algorithm)
+            image.checks.append(
+                Check(
+                    "config-digest",
+                    subject,
+                    str(config_desc.digest),
+                    str(actual),
+                    actual == config_desc.digest,
+                )
+            )
+        image.image_id = config_desc.digest
+        config = parse_config(data)
+        image.platform = image.platform or config.platform
+        image.created = config.created
+        layers = manifest.layers
+        count_ok = len(config.diff_ids) == len(layers)
+        image.checks.append(
+            Check("diff-id-count", subject, str(len(layers)), str(len(config.diff_ids)), count_ok)
+        )
+        if not count_ok:
+            raise InvalidContent(
+                f"{subject}: config lists {len(config.diff_ids)} diff_ids for {len(layers)} layers",
+                subject=subject,
+                expected=str(len(layers)),
+                actual=str(len(config.diff_ids)),
+            )
+        image.layers = [
+            LayerResult(index=i, descriptor=d, expected_diff_id=config.diff_ids[i])
+            for i, d in enumerate(layers)
+        ]
+        self.progress.image_started(image)
+        async with anyio.create_task_group() as tg:
+            for layer in image.layers:
+                tg.start_soon(self._layer_task, repo, image, layer)
+        if image.ok:
+            await self.sink.put_verified(config_desc, data)
+
+    async def _layer_task(self, repo: str, image: ImageResult, layer: LayerResult) -> None:
+        async with self._jobs:
+            self.progress.layer_started(image, layer)
+            try:
+                await self._fetch_layer(repo, layer)
+            except PullVerifyError as exc:
+                layer.error = exc
+            desc, verdict = layer.descriptor, layer.verdict
+            subject = f"layer {desc.digest}"
+            if verdict is not None:
+                image.checks.append(
+                    Check("layer-digest", subject, str(desc.digest), str(verdict.digest), True)
+                )
+                image.checks.append(
+                    Check(
+                        "diff-id", subject, str(layer.expected_diff_id), str(verdict.diff_id), True
+                    )
+                )
+            elif layer.error is not None and getattr(layer.error, "expected", None):
+                err = layer.error
+                image.checks.append(
+                    Check(
+                        err.kind,
+                        subject,
+                        str(getattr(err, "expected", "")),
+                        str(getattr(err, "actual", "")),
+                        False,
+                    )
+                )
+            self.progress.layer_finished(image, layer)
+
+    async def _fetch_layer(self, repo: str, layer: LayerResult) -> None:
+        desc = layer.descriptor
+        subject = f"layer {desc.digest}"
+        compression = layer_compression(desc.media_type)
+        if compression is None:
+            raise UnsupportedContent(f"{subject}: unknown layer media type {desc.media_type!r}")
+        if await self.sink.has_verified(desc.digest):
+            layer.skipped = "Already verified in store"
+            return
+
+        def new_verifier() -> LayerVerifier:
+            return LayerVerifier(
+                digest=desc.digest,
+                size=desc.size,
+                compression=compression,
+                diff_id=layer.expected_diff_id,
+                subject=subject,
+                max_uncompressed=self.options.max_layer_size,
+            )
+
+        verifier = new_verifier()
+        writer = await self.sink.open_blob(desc)
+        try:
+            attempts = Attempts(self.options.retry, on_retry=self._on_retry(subject))
+            while True:
+                try:
+                    verifier = await self._stream(repo, layer, verifier, new_verifier, writer)
+                    break
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    await attempts.wait(translate(exc, subject))
+                except PullVerifyError as exc:
+                    await attempts.wait(exc)
+            layer.attempts = attempts.tries
+            layer.verdict = await anyio.to_thread.run_sync(verifier.finish, limiter=self._cpu)
+            await writer.commit()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await writer.abort()
+            raise
+
+    def _on_retry(self, subject: str) -> Callable[[PullVerifyError, float], None]:
+        def note(error: PullVerifyError, delay: float) -> None:
+            self.progress.retrying(subject, error, delay)
+
+        return note
+
+    async def _stream(
+        self,
+        repo: str,
+        layer: LayerResult,
+        verifier: LayerVerifier,
+        new_verifier: Callable[[], LayerVerifier],
+        writer: BlobWriter,
+    ) -> LayerVerifier:
+        """One request for the rest of a blob, fed through the verifier as it arrives."""
+        desc = layer.descriptor
+        offset = verifier.bytes_read
+        if offset and offset == desc.size:
+            return verifier  # every byte arrived; only the verdict is left
+        async with self.client.open_blob(repo, desc.digest, offset=offset) as resp:
+            if offset and resp.status == 200:
+                # The server ignored our Range: start again from byte 0 with fresh state.
+                verifier = new_verifier()
+                await writer.restart()
+            elif offset:
+                check_content_range(
+                    resp.headers.get("Content-Range"), offset, desc.size, f"layer {desc.digest}"
+                )
+                layer.resumed_at.append(offset)
+            elif resp.status == 206:
+                raise RegistryError(f"layer {desc.digest}: partial content for a full request")
+            async for chunk in iter_chunks(resp.content, self.options.chunk_size):
+                await anyio.to_thread.run_sync(verifier.feed, chunk, limiter=self._cpu)
+                await writer.write(chunk)
+                self.progress.layer_advanced(layer, len(chunk))
+        return verifier
+
+
+async def pull_verify(
+    reference: Reference,
+    options: PullOptions,
+    *,
+    sink: BlobSink | None = None,
+    progress: Progress | None = None,
+) -> PullResult:
+    """Verify one reference end to end in a session of its own."""
+    try:
+        async with open_session(options.transport) as session:
+            client = await connect(session, reference, options)
+            return await Puller(client, options, sink=sink, progress=progress).pull(reference)
+    except PullVerifyError as exc:
+        return PullResult(reference=str(reference), error=exc)
