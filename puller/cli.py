@@ -281,3 +281,13 @@ def main() -> None:
 
 def verify_main() -> None:
     verify_app()
+
+
+def _register_verbs() -> None:
+    """Import the verb modules so their @app.command decorators run."""
+    from puller.commands import register_all
+
+    register_all(app)
+
+
+_register_verbs()
