@@ -3,8 +3,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := docker-registry nginx-light skopeo umoci apache2-utils
-REQUIRED := /usr/bin/docker-registry /usr/sbin/nginx /usr/bin/skopeo /usr/bin/umoci /usr/bin/htpasswd
+APT_PACKAGES := docker-registry nginx-light skopeo umoci apache2-utils chromium curl time containerd zstd
+REQUIRED := /usr/bin/docker-registry /usr/sbin/nginx /usr/bin/skopeo /usr/bin/umoci /usr/bin/htpasswd /usr/bin/chromium /usr/bin/curl /usr/bin/time /usr/bin/containerd /usr/bin/ctr /usr/bin/zstd
 PYTEST_ARGS ?=
 
 .PHONY: all deps venv lint format test demo bench clean
@@ -44,7 +44,9 @@ test: deps venv lint
 demo: deps venv
 	$(BIN)/python -m tests.kit.demo
 
+# matplotlib (the `bench` extra) draws benchmarks/results/latest.png; uvloop is the fast loop.
 bench: deps venv
+	$(BIN)/pip install -q -e '.[dev,bench,fast]'
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 clean:

@@ -19,6 +19,7 @@ from puller.errors import EXIT_CODES, EXIT_INTERRUPTED, PullVerifyError, UsageEr
 if TYPE_CHECKING:
     from puller.pull import PullOptions
     from puller.report import ImageResult, LayerResult, PullResult
+    from puller.store import OutputOptions
 
 EXIT_CODE_HELP = "Exit codes: " + "; ".join(f"{e.code} {e.meaning}" for e in EXIT_CODES) + "."
 
@@ -88,6 +89,16 @@ def parse_size(text: str) -> int:
     return value
 
 
+def parse_tls_verify(text: str) -> bool:
+    """``--tls-verify=false`` as skopeo and podman spell it."""
+    word = text.strip().lower()
+    if word in ("true", "1", "yes", "on"):
+        return True
+    if word in ("false", "0", "no", "off"):
+        return False
+    raise UsageError(f"--tls-verify takes true or false, not {text!r}")
+
+
 def build_options(
     *,
     platform: str | None,
@@ -102,6 +113,7 @@ def build_options(
     retries: int,
     retry_max_time: float,
     read_timeout: float,
+    cert_dir: Path | None = None,
 ) -> PullOptions:
     from puller.auth.tokens import Credentials
     from puller.manifest import parse_platform
@@ -128,16 +140,39 @@ def build_options(
         platform=parse_platform(platform) if platform else None,
         all_platforms=all_platforms,
         jobs=jobs,
-        max_layer_size=parse_size(max_layer_size) if max_layer_size else DEFAULT_MAX_LAYER_SIZE,
+        max_layer_size=(
+            parse_size(max_layer_size) if max_layer_size is not None else DEFAULT_MAX_LAYER_SIZE
+        ),
         retry=RetryPolicy(attempts=retries + 1, total=retry_max_time),
         transport=TransportOptions(
             insecure_hosts=frozenset(insecure),
             ca_files=tuple(ca_cert),
             tls_verify=tls_verify,
             timeouts=Timeouts(sock_read=read_timeout),
+            cert_dir=cert_dir,
         ),
         credentials=credentials,
     )
+
+
+def build_output_options(
+    *, output: Path | None, fmt: str, store: Path | None, keep: bool, reverify: bool
+) -> OutputOptions | None:
+    """Where verified content goes; None keeps plain verification write-free."""
+    from puller.store import OutputOptions, default_store_path
+
+    if store is None and keep:
+        store = default_store_path()
+    if output is None and store is None and not reverify and fmt == "oci":
+        return None
+    return OutputOptions(output=output, format=fmt, store=store, reverify=reverify)  # type: ignore[arg-type]
+
+
+def describe_output(sink: object, result: PullResult) -> list[str]:
+    """What was written where, and stored blobs that failed --reverify."""
+    from puller.store import describe_sink
+
+    return describe_sink(sink, ok=result.ok)
 
 
 def run_async(fn: Callable[[], object]) -> object:
@@ -179,8 +214,24 @@ def verify_command(
         list[Path] | None, typer.Option("--ca-cert", help="Extra CA certificate (repeatable).")
     ] = None,
     tls_verify: Annotated[
-        bool, typer.Option("--tls-verify/--no-tls-verify", help="Verify TLS certificates.")
-    ] = True,
+        str,
+        typer.Option(
+            "--tls-verify",
+            metavar="BOOL",
+            help="Verify TLS certificates: true (default), or false (warns).",
+        ),
+    ] = "true",
+    no_tls_verify: Annotated[
+        bool, typer.Option("--no-tls-verify", help="The same as --tls-verify=false.")
+    ] = False,
+    cert_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--cert-dir",
+            help="Use *.crt (CAs), *.cert and *.key (client) from this directory "
+            "instead of /etc/docker/certs.d/HOST[:PORT]/.",
+        ),
+    ] = None,
     max_layer_size: Annotated[
         str | None,
         typer.Option(help="Refuse layers that inflate beyond this (e.g. 20G). Default 64G."),
@@ -192,6 +243,29 @@ def verify_command(
     read_timeout: Annotated[
         float, typer.Option(help="Seconds without a byte before a download counts as stalled.")
     ] = 30.0,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Write the verified image: an OCI layout DIR, "
+            "or FILE.tar with --format docker-archive.",
+        ),
+    ] = None,
+    output_format: Annotated[
+        str, typer.Option("--format", help="What --output writes: oci or docker-archive.")
+    ] = "oci",
+    store: Annotated[
+        Path | None,
+        typer.Option(help="Keep the image in this content store (an OCI layout of many images)."),
+    ] = None,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Keep the image in the default store (XDG data dir).")
+    ] = False,
+    reverify: Annotated[
+        bool,
+        typer.Option("--reverify", help="Re-hash layers already stored instead of trusting them."),
+    ] = False,
 ) -> None:
     """Verify an image: manifest digest, config, every layer's digest, size and diff_id."""
     code = _verify(
@@ -200,6 +274,9 @@ def verify_command(
         err=_stderr,
         json_output=json_output,
         quiet=quiet,
+        output_factory=lambda: build_output_options(
+            output=output, fmt=output_format, store=store, keep=keep, reverify=reverify
+        ),
         options_factory=lambda: build_options(
             platform=platform,
             all_platforms=all_platforms,
@@ -208,11 +285,12 @@ def verify_command(
             password_stdin=password_stdin,
             insecure=insecure or [],
             ca_cert=ca_cert or [],
-            tls_verify=tls_verify,
+            tls_verify=parse_tls_verify(tls_verify) and not no_tls_verify,
             max_layer_size=max_layer_size,
             retries=retries,
             retry_max_time=retry_max_time,
             read_timeout=read_timeout,
+            cert_dir=cert_dir,
         ),
     )
     raise typer.Exit(code)
@@ -226,6 +304,7 @@ def _verify(
     json_output: bool,
     quiet: bool,
     options_factory: Callable[[], PullOptions],
+    output_factory: Callable[[], OutputOptions | None] = lambda: None,
 ) -> int:
     from puller.pull import pull_verify
     from puller.reference import parse_reference
@@ -234,18 +313,38 @@ def _verify(
     try:
         reference = parse_reference(text)
         options = options_factory()
+        outputs = output_factory()
+        if outputs is not None:
+            outputs.check(all_platforms=options.all_platforms)
         if not options.transport.tls_verify:
-            err("warning: TLS certificate verification is off (--no-tls-verify)")
+            err("warning: TLS certificate verification is off (--tls-verify=false)")
     except PullVerifyError as exc:
         err(f"pull-verify: {exc.message}")
         return exc.exit_code
     printer = LinePrinter(out if not (json_output or quiet) else (lambda _line: None))
+    # Live rich lines only on a terminal; pipes and logs get LinePrinter's plain lines.
+    terminal = out is _stdout and not (json_output or quiet) and sys.stdout.isatty()
+
+    saved: list[str] = []
 
     async def main() -> PullResult:
-        return await pull_verify(reference, options, progress=printer)
+        if outputs is None:
+            return await pull_verify(reference, options, progress=progress)
+        from puller.store import open_output
+
+        try:
+            async with open_output(outputs) as sink:
+                done = await pull_verify(reference, options, sink=sink, progress=progress)
+                saved.extend(describe_output(sink, done))
+                return done
+        except PullVerifyError as exc:
+            return PullResult(reference=str(reference), error=exc)
 
     try:
-        result = run_async(main)
+        from puller.progress import open_progress
+
+        with open_progress(printer, terminal=terminal) as progress:
+            result = run_async(main)
     except KeyboardInterrupt:
         err("pull-verify: interrupted")
         return EXIT_INTERRUPTED
@@ -258,6 +357,12 @@ def _verify(
     else:
         for line in render_text(result):
             out(line)
+        for line in saved:
+            out(line)
+        if result.rate_limit:
+            # Docker Hub's pull quota, as its RateLimit-* headers gave it.
+            left, limit = result.rate_limit.get("remaining"), result.rate_limit.get("limit")
+            err(f"Rate limit: {left or '?'} remaining of {limit or '?'}")
     worst = result.worst_error
     if worst is not None and not json_output:
         err(f"pull-verify: {worst.message}")

@@ -15,13 +15,16 @@ verdict on the others. Only cancellation escapes.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 import aiohttp
 import anyio
 
+from puller.auth.dockerconfig import docker_credentials
 from puller.auth.tokens import Authenticator, Credentials
 from puller.digest import Digest, parse_digest
 from puller.errors import (
@@ -35,6 +38,7 @@ from puller.errors import (
     SizeMismatch,
     UnsupportedContent,
 )
+from puller.feed import ThreadedFeeder
 from puller.imageconfig import MAX_CONFIG_BYTES, parse_config
 from puller.manifest import (
     Descriptor,
@@ -54,7 +58,7 @@ from puller.sink import BlobSink, BlobWriter, DiscardSink
 from puller.transport import TransportOptions, open_session, translate
 from puller.verify import BlobVerifier, LayerVerifier
 
-CHUNK_SIZE = 1 << 20
+CHUNK_SIZE = 256 << 10  # what one socket read brings: handed over as is, never joined
 DEFAULT_JOBS = 4
 DEFAULT_MAX_LAYER_SIZE = 64 << 30
 
@@ -110,23 +114,37 @@ async def connect(
     Like docker, a host that may use plain HTTP is tried over HTTPS first; it falls back
     only when the server does not speak TLS at all, never past a certificate it distrusts.
     """
+    # Without --username, the docker config's credentials, looked up on the first challenge.
+    lookup = None if options.credentials else partial(docker_credentials, reference.registry)
+    authenticator = Authenticator(reference.api_host, options.credentials, lookup=lookup)
     client = RegistryClient(
-        session,
-        reference.api_host,
-        authenticator=Authenticator(reference.api_host, options.credentials),
-        retry=options.retry,
+        session, reference.api_host, authenticator=authenticator, retry=options.retry
     )
-    if not plain_http_allowed(reference, options.transport):
-        await client.ping()
-        return client
-    probe = RegistryClient(session, reference.api_host, retry=RetryPolicy.none())
     try:
-        await probe.ping()
-    except CertificateError:
-        raise
-    except (NetworkError, RegistryError):
-        client.scheme = "http"
-        await client.ping()
+        if not plain_http_allowed(reference, options.transport):
+            await client.ping()
+            return client
+        probe = RegistryClient(
+            session, reference.api_host, authenticator=authenticator, retry=RetryPolicy.none()
+        )
+        try:
+            await probe.ping()
+        except CertificateError:
+            raise
+        except NetworkError:
+            # Only a server that does not speak TLS at all gets plain HTTP; one that answered
+            # over TLS (even with an error) is a TLS server.
+            client.scheme = "http"
+            await client.ping()
+    except RegistryError as exc:
+        if exc.status != 400 or client.scheme != "https":
+            raise
+        # nginx answers 400 over TLS when ssl_verify_client wants a certificate not sent.
+        raise RegistryError(
+            f"{exc.message}; if the server wants a TLS client certificate, put client.cert and "
+            f"client.key in certs.d/{reference.api_host}/ or use --cert-dir",
+            status=400,
+        ) from exc
     return client
 
 
@@ -135,7 +153,14 @@ async def iter_chunks(content: aiohttp.StreamReader, size: int) -> AsyncIterator
     parts: list[bytes] = []
     have = 0
     while True:
-        data = await content.read(size - have)
+        try:
+            data = await content.read(size - have)
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            # Hand over what did arrive before the break, so a resume starts after it
+            # rather than at the last whole chunk; then let the break be seen.
+            if parts:
+                yield b"".join(parts)
+            raise
         if not data:
             break
         parts.append(data)
@@ -145,6 +170,19 @@ async def iter_chunks(content: aiohttp.StreamReader, size: int) -> AsyncIterator
             parts, have = [], 0
     if parts:
         yield b"".join(parts)
+
+
+@contextmanager
+def naming(subject: str) -> Iterator[None]:
+    """Errors of the parsers inside name ``subject``: parsers see bytes, not references."""
+    try:
+        yield
+    except InvalidContent as exc:
+        raise InvalidContent(
+            f"{subject}: {exc.message}", subject=subject, expected=exc.expected, actual=exc.actual
+        ) from exc
+    except UnsupportedContent as exc:
+        raise UnsupportedContent(f"{subject}: {exc.message}", status=exc.status) from exc
 
 
 def check_content_range(header: str | None, offset: int, size: int, what: str) -> None:
@@ -203,7 +241,8 @@ class Puller:
         fetched = await self.client.get_manifest(repo, reference.tag or reference.manifest_ref)
         digest = self._check_manifest_digest(reference, fetched, result.checks)
         result.manifest_digest = digest
-        manifest = parse_manifest(fetched.data, fetched.content_type)
+        with naming(f"manifest {reference}"):
+            manifest = parse_manifest(fetched.data, fetched.content_type)
         result.media_type = manifest.media_type
         top = Descriptor(manifest.media_type, digest, len(fetched.data))
         if isinstance(manifest, ImageManifest):
@@ -305,7 +344,8 @@ class Puller:
                     actual=str(actual),
                     bytes_read=len(fetched.data),
                 )
-            manifest = parse_manifest(fetched.data, fetched.content_type)
+            with naming(subject):
+                manifest = parse_manifest(fetched.data, fetched.content_type)
             if not isinstance(manifest, ImageManifest):
                 raise UnsupportedContent(f"{subject}: nested indexes are not supported")
             await self._verify_image(reference, manifest, image)
@@ -350,7 +390,8 @@ class Puller:
                 )
             )
         image.image_id = config_desc.digest
-        config = parse_config(data)
+        with naming(subject):
+            config = parse_config(data)
         image.platform = image.platform or config.platform
         image.created = config.created
         layers = manifest.layers
@@ -413,7 +454,9 @@ class Puller:
         compression = layer_compression(desc.media_type)
         if compression is None:
             raise UnsupportedContent(f"{subject}: unknown layer media type {desc.media_type!r}")
-        if await self.sink.has_verified(desc.digest):
+        stored = await self.sink.has_verified(desc, layer.expected_diff_id)
+        if stored is not None:
+            layer.verdict = stored
             layer.skipped = "Already verified in store"
             return
 
@@ -441,7 +484,7 @@ class Puller:
                     await attempts.wait(exc)
             layer.attempts = attempts.tries
             layer.verdict = await anyio.to_thread.run_sync(verifier.finish, limiter=self._cpu)
-            await writer.commit()
+            await writer.commit(layer.verdict)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await writer.abort()
@@ -478,10 +521,12 @@ class Puller:
                 layer.resumed_at.append(offset)
             elif resp.status == 206:
                 raise RegistryError(f"layer {desc.digest}: partial content for a full request")
-            async for chunk in iter_chunks(resp.content, self.options.chunk_size):
-                await anyio.to_thread.run_sync(verifier.feed, chunk, limiter=self._cpu)
-                await writer.write(chunk)
-                self.progress.layer_advanced(layer, len(chunk))
+            # Digest, inflate and diff_id run in threads of their own while the loop reads on.
+            async with ThreadedFeeder(verifier, name=f"layer{layer.index}") as feeder:
+                async for chunk in iter_chunks(resp.content, self.options.chunk_size):
+                    await feeder.feed(chunk)
+                    await writer.write(chunk)
+                    self.progress.layer_advanced(layer, len(chunk))
         return verifier
 
 

@@ -22,10 +22,11 @@ import aiohttp
 
 from puller.auth.challenge import parse_challenges_from
 from puller.auth.tokens import Authenticator
-from puller.digest import Digest
+from puller.digest import Digest, parse_digest
 from puller.errors import (
     AuthError,
     BlobMissing,
+    ContentDigestMismatch,
     InvalidContent,
     NotFound,
     PullVerifyError,
@@ -139,7 +140,7 @@ class RegistryClient:
         """
         headers = dict(headers or {})
         for attempt in (1, 2):
-            auth = self.auth.header_for(scope)
+            auth = await self.auth.authorization(self.session, scope)
             if auth is not None:
                 headers["Authorization"] = auth
             try:
@@ -155,11 +156,14 @@ class RegistryClient:
                     resp.release()
                     if not challenges:
                         raise AuthError(f"{what}: denied (HTTP 401) with no challenge", status=401)
-                    self.auth.forget(scope)
                     headers["Authorization"] = await self.auth.answer(
-                        self.session, challenges, scope
+                        self.session, challenges, scope, refused=headers.get("Authorization")
                     )
                     continue
+                if resp.status == 401:
+                    # The answered challenge was refused: one sentence saying why.
+                    refusal = resp.headers.getall("WWW-Authenticate", [])
+                    raise self.auth.refused(what, parse_challenges_from(refusal), scope)
                 yield resp
                 return
             finally:
@@ -308,9 +312,11 @@ class RegistryClient:
         ) as resp:
             if resp.status in (301, 302, 303, 307, 308):
                 async with self._follow(resp, headers, what) as final:
+                    check_blob_content_digest(final, digest, what)
                     yield final
                 return
             await self._check_blob_status(resp, what, digest)
+            check_blob_content_digest(resp, digest, what)
             yield resp
 
     async def _check_blob_status(
@@ -431,6 +437,26 @@ class RegistryClient:
         async for page in self._get_json_pages(url, "registry:catalog:*", what, "repositories"):
             for repository in page:
                 yield repository
+
+
+def check_blob_content_digest(resp: aiohttp.ClientResponse, digest: Digest, what: str) -> None:
+    """A server naming another blob in Docker-Content-Digest is serving the wrong one.
+
+    Its body would fail the digest check anyway; refusing on the header names the mix-up
+    before a byte is read. A header in another algorithm is left to the body's digest.
+    """
+    header = resp.headers.get("Docker-Content-Digest")
+    if header is None:
+        return
+    claimed = parse_digest(header, what=f"{what}: Docker-Content-Digest")
+    if claimed.algorithm == digest.algorithm and claimed != digest:
+        raise ContentDigestMismatch(
+            f"{what}: registry claims Docker-Content-Digest {claimed} for it",
+            subject=f"blob {digest}",
+            expected=str(digest),
+            actual=str(claimed),
+            bytes_read=0,
+        )
 
 
 def scope_for_url(url: str) -> str:

@@ -10,6 +10,7 @@ from typing import Protocol
 
 from puller.digest import Digest
 from puller.manifest import Descriptor
+from puller.verify import LayerVerdict
 
 
 class BlobWriter(Protocol):
@@ -17,7 +18,7 @@ class BlobWriter(Protocol):
     async def restart(self) -> None:
         """Drop what was written: the server ignored a Range and sends the blob again."""
 
-    async def commit(self) -> None:
+    async def commit(self, verdict: LayerVerdict) -> None:
         """Make the blob visible under its digest; called only after it verified."""
 
     async def abort(self) -> None:
@@ -25,8 +26,12 @@ class BlobWriter(Protocol):
 
 
 class BlobSink(Protocol):
-    async def has_verified(self, digest: Digest) -> bool:
-        """True when this blob is already stored, verified, and need not be fetched."""
+    async def has_verified(
+        self, descriptor: Descriptor, diff_id: Digest | None
+    ) -> LayerVerdict | None:
+        """The verdict of a layer already stored and verified with this very diff_id, so it
+        need not be fetched; None to fetch it. Matching the diff_id matters: another image
+        may claim a different diff_id for the same blob, and that claim must be checked."""
 
     async def open_blob(self, descriptor: Descriptor) -> BlobWriter: ...
     async def put_verified(self, descriptor: Descriptor, data: bytes) -> None:
@@ -43,7 +48,7 @@ class _NullWriter:
     async def restart(self) -> None:
         return None
 
-    async def commit(self) -> None:
+    async def commit(self, verdict: LayerVerdict) -> None:
         return None
 
     async def abort(self) -> None:
@@ -53,8 +58,10 @@ class _NullWriter:
 class DiscardSink:
     """Verify only; write nothing."""
 
-    async def has_verified(self, digest: Digest) -> bool:
-        return False
+    async def has_verified(
+        self, descriptor: Descriptor, diff_id: Digest | None
+    ) -> LayerVerdict | None:
+        return None
 
     async def open_blob(self, descriptor: Descriptor) -> BlobWriter:
         return _NullWriter()

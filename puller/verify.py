@@ -34,7 +34,7 @@ from puller.errors import (
 )
 from puller.mediatypes import Compression
 
-OUTPUT_CHUNK = 1 << 20  # inflate at most this much per step, so memory stays bounded
+OUTPUT_CHUNK = 64 << 10  # inflate at most this much per step, so memory stays bounded
 _GZIP_MAGIC = b"\x1f\x8b"
 
 Consumer = Callable[[bytes], None]
@@ -249,16 +249,33 @@ class LayerVerifier:
         return self.blob.bytes_read
 
     def feed(self, chunk: bytes | memoryview) -> None:
+        self.update_blob(chunk)
+        self.inflate(chunk, self.hash_uncompressed)
+
+    # feed() in three stages with separate state, so a pipeline may run each in its own
+    # thread (in this order per chunk): the blob digest, the inflate, the diff_id hash.
+
+    def update_blob(self, chunk: bytes | memoryview) -> None:
+        """Stage 1: digest and size of the bytes as sent."""
         self.blob.update(chunk)
+
+    def inflate(self, chunk: bytes | memoryview, out: Consumer) -> None:
+        """Stage 2: inflate, handing each uncompressed piece (counted, limited) to ``out``."""
         if self._inflate_error is not None:
             return
         try:
-            self._inflater.feed(chunk, self._take_uncompressed)
+            self._inflater.feed(chunk, lambda data: out(self._count_uncompressed(data)))
         except DecompressionError as exc:
             # Keep hashing: finish() decides whether the bytes or the producer are at fault.
             self._inflate_error = exc
 
-    def _take_uncompressed(self, data: bytes) -> None:
+    def hash_uncompressed(self, data: bytes) -> None:
+        """Stage 3: the diff_id hash, then the consumer of the tar stream."""
+        self._diff_hash.update(data)
+        if self._on_uncompressed is not None:
+            self._on_uncompressed(data)
+
+    def _count_uncompressed(self, data: bytes) -> bytes:
         self.uncompressed_size += len(data)
         if self.max_uncompressed is not None and self.uncompressed_size > self.max_uncompressed:
             raise LayerTooLarge(
@@ -269,9 +286,7 @@ class LayerVerifier:
                 actual=f">{self.max_uncompressed}",
                 bytes_read=self.blob.bytes_read,
             )
-        self._diff_hash.update(data)
-        if self._on_uncompressed is not None:
-            self._on_uncompressed(data)
+        return data
 
     def finish(self) -> LayerVerdict:
         digest = self.blob.finish()

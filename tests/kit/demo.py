@@ -1,7 +1,8 @@
 """``make demo``: a real registry on loopback, a generated image in it, ``pull-verify`` on it.
 
-Runs the installed console script, as a user would, then damages one stored byte and
-runs it again to show what a failed verification looks like. Stops the registry at the end.
+Runs the installed console script, as a user would; keeps the verified image in a local
+store and lists it with ``puller images``; then damages one stored byte and runs it again
+to show what a failed verification looks like. Stops the registry at the end.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ def _run(title: str, cmd: list[str]) -> int:
 def main() -> int:
     bindir = Path(sys.executable).parent
     pull_verify = str(bindir / "pull-verify")
+    puller = str(bindir / "puller")
     workdir = Path(tempfile.mkdtemp(prefix="pull-verify-demo-"))
     try:
         with start_registry(RegistryConfig(root=workdir / "registry")) as registry:
@@ -39,6 +41,20 @@ def main() -> int:
             )
             ref = f"{registry.host}/demo/app:latest"
             good = _run("verify every digest, size and diff_id", [pull_verify, ref])
+
+            # Keep what was verified: a local store (an OCI layout), then list it.
+            store = workdir / "store"
+            push_image(registry.url, "demo/app", "stable", image)
+            kept = _run(
+                "verify again, keeping the image in a local store",
+                [pull_verify, "--store", str(store), ref],
+            )
+            again = _run(
+                "another tag of the same image: every layer is already in the store",
+                [pull_verify, "--store", str(store), f"{registry.host}/demo/app:stable"],
+            )
+            listed = _run("list the store", [puller, "images", "--store", str(store)])
+            good = good or kept or again or listed
 
             # Same blobs under another name share storage: damage one byte of one layer.
             registry.flip_byte(image.layers[1].digest)

@@ -665,3 +665,52 @@ def push_index(
         index.media_type,
         auth_header=auth_header,
     )
+
+
+# ---------------------------------------------------------------------------------------
+# Layers with whiteouts, links and hostile names (for `puller cp`)
+
+
+@dataclass(frozen=True, slots=True)
+class TarEntry:
+    """One tar member written exactly as named: no normalisation, so hostile names survive."""
+
+    name: str
+    kind: Literal["file", "dir", "symlink", "hardlink"] = "file"
+    data: bytes = b""
+    target: str = ""  # link target for symlink / hardlink
+    mode: int = 0o644
+
+
+def make_raw_tar(entries: Sequence[TarEntry], *, mtime: int = _TAR_MTIME) -> bytes:
+    """A tar of ``entries`` in the given order, names and link targets verbatim."""
+    kinds = {
+        "file": tarfile.REGTYPE,
+        "dir": tarfile.DIRTYPE,
+        "symlink": tarfile.SYMTYPE,
+        "hardlink": tarfile.LNKTYPE,
+    }
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for entry in entries:
+            ti = tarfile.TarInfo(entry.name)
+            ti.type = kinds[entry.kind]
+            ti.size = len(entry.data) if entry.kind == "file" else 0
+            ti.mode = 0o755 if entry.kind == "dir" and entry.mode == 0o644 else entry.mode
+            ti.mtime = mtime
+            ti.uid = ti.gid = 0
+            ti.uname = ti.gname = ""
+            ti.linkname = entry.target
+            tar.addfile(ti, io.BytesIO(entry.data) if entry.kind == "file" else None)
+    return buf.getvalue()
+
+
+def whiteout(path: str) -> TarEntry:
+    """The OCI whiteout that deletes ``path`` from lower layers (``dir/.wh.name``)."""
+    parent, _, base = path.rpartition("/")
+    return TarEntry(f"{parent}/.wh.{base}" if parent else f".wh.{base}")
+
+
+def opaque(directory: str) -> TarEntry:
+    """The OCI marker that hides everything lower layers put in ``directory``."""
+    return TarEntry(f"{directory.rstrip('/')}/.wh..wh..opq")
