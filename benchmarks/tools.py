@@ -2,7 +2,7 @@
 
 Layer: benchmark kit (subprocesses, loopback network, files). Every runner returns a
 ``Sample``: wall time, CPU time (user+sys, children included), peak RSS, and whether the
-tool checked what it was meant to. Subprocess costs come from ``os.wait4`` on the one
+tool checked what it was meant to. Subprocess costs come from GNU time around the one
 child, so nothing else the harness started is counted.
 """
 

@@ -10,8 +10,10 @@ to a redirect target on another host.
 
 from __future__ import annotations
 
+import email.utils
 import json
 import re
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -84,12 +86,20 @@ async def read_bounded(resp: aiohttp.ClientResponse, limit: int, what: str) -> b
 
 
 def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from ``Retry-After``: delay-seconds or an HTTP-date (RFC 9110)."""
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        return None  # HTTP-date form: fall back to our own backoff
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None  # unreadable: fall back to our own backoff
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - time.time()
+    return seconds if seconds > 0 else 0.0  # also turns NaN into 0
 
 
 def scope_for(repository: str) -> str:

@@ -169,6 +169,7 @@ def test_pull_through_cache_reports_exactly_what_it_serves_wrong(
     assert corrupt["actual"] != a_own
     assert corrupt["host"] == mirror.host
     assert by_kind["blob-missing"]["subject"] == f"layer {d_own}"
+    wait_stored(mirror, {b_own})  # re-fetched from upstream, stored again in the background
     assert mirror.blob_path(b_own).read_bytes() == images["team/b"].layers[1].blob.data
     summary = run.summary()
     assert summary["findings_by_kind"] == {"blob-missing": 1, "blob-corrupt": 1}
@@ -522,3 +523,20 @@ def test_terminal_lines_name_reference_kind_expected_and_actual(
     assert f"expected {own}, got sha256:" in finding
     assert lines[-1].startswith("Status: 1 finding (blob-corrupt 1)")
     assert "Blobs: 3 distinct, 3 fetched" in run.stdout
+
+
+def test_a_pinned_tag_that_moved_is_stale_on_a_single_registry(
+    registry: RunningRegistry,
+) -> None:
+    old, new = family(2, seed=71)
+    push_image(registry.url, "pin/app", "1", old)
+    push_image(registry.url, "pin/app", "1", new)
+    run = audit("-", "--json", stdin=f"{registry.host}/pin/app:1@{old.manifest_digest}\n")
+    assert run.exit_code == 1, run.stdout + run.stderr
+    [stale] = run.findings()
+    assert (stale["kind"], stale["expected"], stale["actual"]) == (
+        "stale-digest",
+        old.manifest_digest,
+        new.manifest_digest,
+    )
+    assert run.summary()["images"] == 1  # what the tag names now is still audited in full

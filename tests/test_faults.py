@@ -7,7 +7,9 @@ failure, its exit code, and that integrity failures were never retried.
 
 from __future__ import annotations
 
+import email.utils
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +32,9 @@ from tests.kit.registry import BasicAuthRegistry, RunningRegistry
 
 REPO = "faults/img"
 CUT = 100_000  # where a layer body is broken off: past several socket reads, before the end
-FAST = ("--read-timeout", "1", "--retries", "3", "--retry-max-time", "20")
+# Quick to give up if something hangs; the stall tests shorten the read timeout themselves.
+FAST = ("--read-timeout", "10", "--retries", "3", "--retry-max-time", "20")
+STALLED = ("--read-timeout", "1")
 
 
 @dataclass
@@ -100,8 +104,8 @@ def test_cut_off_body_resumes_from_the_offset_reached(
     proxy: FaultProxy, image: BuiltImage, fault: Fault
 ) -> None:
     victim = image.layers[0].digest
-    proxy.add(Rule(fault, victim, after_bytes=CUT, stall=5.0))
-    run = verify("--json", *FAST, ref(proxy))
+    proxy.add(Rule(fault, victim, after_bytes=CUT, stall=10.0))
+    run = verify("--json", *FAST, *STALLED, ref(proxy))
     assert run.exit_code == 0, run.stdout + run.stderr
     layer = run.layer(0)
     assert layer["verified"] is True
@@ -160,8 +164,8 @@ def test_manifest_and_config_errors_are_retried(proxy: FaultProxy, image: BuiltI
 
 
 def test_stalled_manifest_is_retried(proxy: FaultProxy, image: BuiltImage) -> None:
-    proxy.add(Rule(Fault.STALL, "/manifests/", after_bytes=10, stall=5.0))
-    run = verify("--json", *FAST, ref(proxy))
+    proxy.add(Rule(Fault.STALL, "/manifests/", after_bytes=10, stall=10.0))
+    run = verify("--json", *FAST, *STALLED, ref(proxy))
     assert run.exit_code == 0, run.stdout + run.stderr
     assert run.json()["digest"] == image.manifest_digest
     assert [r.fault for r in proxy.requests_for("/manifests/t")] == [Fault.STALL, None]
@@ -192,6 +196,19 @@ def test_retry_after_beyond_the_time_cap_is_not_waited_for(
     assert len(blob_gets(proxy, victim)) == 1
 
 
+@pytest.mark.parametrize(("offset", "verified"), [(-3600, True), (3600, False)])
+def test_retry_after_as_an_http_date(
+    proxy: FaultProxy, image: BuiltImage, offset: int, verified: bool
+) -> None:
+    victim = image.layers[0].digest
+    when = email.utils.formatdate(time.time() + offset, usegmt=True)
+    proxy.add(Rule(Fault.RATE_LIMIT, victim, retry_after=when))
+    run = verify("--json", *FAST, ref(proxy))
+    # A date already past is no wait; a date an hour ahead is beyond what we wait for.
+    assert run.exit_code == (0 if verified else 3), run.stdout
+    assert len(blob_gets(proxy, victim)) == (2 if verified else 1)
+
+
 def test_retries_are_capped_in_attempts(proxy: FaultProxy, image: BuiltImage) -> None:
     victim = image.layers[1].digest
     proxy.add(Rule(Fault.STATUS, victim, status=503, times=None))
@@ -207,7 +224,7 @@ def test_retries_are_capped_in_attempts(proxy: FaultProxy, image: BuiltImage) ->
 def test_endless_stall_is_a_network_error(proxy: FaultProxy, image: BuiltImage) -> None:
     victim = image.layers[0].digest
     proxy.add(Rule(Fault.STALL, victim, after_bytes=CUT, times=None, stall=10.0))
-    run = verify("--read-timeout", "0.5", "--retries", "1", ref(proxy))
+    run = verify(*STALLED, "--retries", "1", ref(proxy))
     assert run.exit_code == 4, run.stdout + run.stderr
     message = one_line_error(run)
     assert victim in message

@@ -110,7 +110,8 @@ class FaultProxy:
     """``with FaultProxy(upstream_url) as proxy:`` a proxy on a free loopback port.
 
     ``proxy.host`` is ``127.0.0.1:PORT`` for references; ``proxy.add(rule)`` arms a fault;
-    ``proxy.log`` is every request seen, in order.
+    ``proxy.log`` is every request seen, in order, each logged before its answer is sent
+    (so a client that has finished has been logged).
     """
 
     def __init__(self, upstream_url: str, *, host: str = "127.0.0.1") -> None:
@@ -313,10 +314,10 @@ class FaultProxy:
                 resp.enable_chunked_encoding()
             else:
                 resp.content_length = len(rule.body)
+            self._record(request, fault, 200)  # before the client can see the answer
             await resp.prepare(request)
             await resp.write(rule.body)
             await resp.write_eof()
-            self._record(request, fault, 200)
             return resp
         if fault is Fault.WRONG_DIGEST_HEADER:
             headers["Docker-Content-Digest"] = rule.digest_header
@@ -339,9 +340,9 @@ class FaultProxy:
         resp = web.StreamResponse(status=status, headers=headers)
         resp.content_length = len(data)
         resp.force_close()
+        self._record(request, fault, None)
         await resp.prepare(request)
         await resp.write(data[: rule.after_bytes])
-        self._record(request, fault, None)
         transport = request.transport
         if fault is Fault.STALL:
             assert self._closing is not None
