@@ -23,11 +23,12 @@ import shutil
 import tarfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import BinaryIO
 
 import anyio
 
 from puller.digest import Digest
-from puller.errors import UsageError
+from puller.errors import DigestMismatch, UsageError
 from puller.imageconfig import MAX_CONFIG_BYTES
 from puller.manifest import MAX_MANIFEST_BYTES, Descriptor, ImageManifest, parse_manifest
 from puller.sink import BlobSink, BlobWriter
@@ -113,7 +114,11 @@ def write_docker_archive(root: Path, image: StoredImage, target: Path) -> None:
                 info.size = layer.size
                 info.mode = 0o644
                 with open(path, "rb") as blob:
-                    tar.addfile(info, blob)
+                    hashing = _HashingReader(blob, layer.digest)
+                    tar.addfile(info, hashing)
+                # A stored blob may have rotted since it was verified: the archive only
+                # ever holds bytes hashed on their way into it.
+                hashing.check(f"{root}: stored layer")
             _add_bytes(tar, "manifest.json", json.dumps(doc).encode())
             tar.close()
             raw.flush()
@@ -162,3 +167,27 @@ async def open_archive_sink(
         if scratch is not None:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(lambda: shutil.rmtree(scratch, ignore_errors=True))
+
+
+class _HashingReader:
+    """A file's bytes as tarfile reads them, hashed on the way."""
+
+    def __init__(self, raw: BinaryIO, digest: Digest) -> None:
+        self._raw = raw
+        self._digest = digest
+        self._hash = digest.hasher()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self._hash.update(data)
+        return data
+
+    def check(self, what: str) -> None:
+        actual = Digest(self._digest.algorithm, self._hash.hexdigest())
+        if actual != self._digest:
+            raise DigestMismatch(
+                f"{what} {self._digest} hashes to {actual}: not written to the archive",
+                subject=str(self._digest),
+                expected=str(self._digest),
+                actual=str(actual),
+            )

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 import aiohttp
 
@@ -388,7 +388,7 @@ class RegistryClient:
                             expected="blob present",
                             actual="HTTP 404",
                         )
-                    raise await self.error_for(nxt, f"{what} (redirected to {target.netloc})")
+                    raise await self.error_for(nxt, f"{what} (redirected to {_host_port(target)})")
                 yield nxt
                 return
             finally:
@@ -421,6 +421,8 @@ class RegistryClient:
                         body = await read_bounded(resp, MAX_MANIFEST_BYTES, what)
                         link = resp.headers.get("Link")
                         break
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    await attempts.wait(translate(exc, what))
                 except PullVerifyError as exc:
                     await attempts.wait(exc)
             try:
@@ -478,6 +480,13 @@ def scope_for_url(url: str) -> str:
 
 
 def _redact(url: str) -> str:
-    """A URL without its query string, which often carries signed credentials."""
+    """A URL without user info or query string, which often carry credentials."""
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+    return f"{parts.scheme}://{_host_port(parts)}{parts.path}"
+
+
+def _host_port(parts: SplitResult) -> str:
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{parts.port}" if parts.port else host

@@ -61,7 +61,8 @@ class ImageResult:
 
     @property
     def ok(self) -> bool:
-        return not self.errors()
+        # A layer with neither verdict nor error was never judged: that is not a pass.
+        return not self.errors() and all(layer.ok for layer in self.layers)
 
     @property
     def compressed_size(self) -> int:
@@ -90,7 +91,7 @@ class PullResult:
 
     @property
     def ok(self) -> bool:
-        return not self.errors()
+        return not self.errors() and all(image.ok for image in self.images)
 
     @property
     def exit_code(self) -> int:

@@ -254,8 +254,8 @@ class LayoutStore:
                 while chunk := await f.read(READ_CHUNK):
                     await anyio.to_thread.run_sync(verifier.feed, chunk)
             return await anyio.to_thread.run_sync(verifier.finish)
-        except IntegrityError as exc:
-            self.repaired.append(f"{path}: {exc.message}")
+        except (IntegrityError, OSError) as exc:
+            self.repaired.append(f"{path}: {getattr(exc, 'message', exc)}")
             await anyio.to_thread.run_sync(self._forget, desc.digest)
             return None
 
@@ -268,6 +268,9 @@ class LayoutStore:
         """The layer's record if its blob is stored whole and was verified with ``diff_id``."""
         record = self._read_layer_record(desc.digest)
         if record is None or diff_id is None or record.diff_id != diff_id:
+            return None
+        compression = mt.layer_compression(desc.media_type)
+        if compression is None or self._recorded_compression(desc.digest) != compression.value:
             return None
         try:
             size = self.blob_path(desc.digest).stat().st_size
@@ -303,11 +306,15 @@ class LayoutStore:
         except OSError as exc:
             raise write_failure(path, exc) from exc
 
-    def _record_layer(self, verdict: LayerVerdict) -> None:
+    def _record_layer(self, verdict: LayerVerdict, descriptor: Descriptor) -> None:
         path = self._layer_record_path(verdict.digest)
+        compression = mt.layer_compression(descriptor.media_type)
         doc = {
             "digest": str(verdict.digest),
             "diff_id": str(verdict.diff_id),
+            # The diff_id was computed by inflating as this compression: the same blob named
+            # with another layer type by another manifest was never verified as that.
+            "compression": compression.value if compression else None,
             "size": verdict.compressed_size,
             "uncompressed_size": verdict.uncompressed_size,
         }
@@ -317,6 +324,14 @@ class LayoutStore:
         except OSError as exc:
             raise write_failure(path, exc) from exc
         self._pending.verdicts[verdict.digest] = verdict
+
+    def _recorded_compression(self, digest: Digest) -> str | None:
+        try:
+            doc = load_json_object(self._layer_record_path(digest).read_bytes(), "layer record")
+        except (OSError, PullVerifyError):
+            return None
+        value = doc.get("compression")
+        return value if isinstance(value, str) else None
 
     def _read_layer_record(self, digest: Digest) -> LayerVerdict | None:
         """The stored record, or None when absent or unreadable (then the blob is fetched)."""
@@ -474,7 +489,7 @@ class _LayoutBlobWriter:
             await f.close()
             self._file = None
             await anyio.to_thread.run_sync(os.replace, self.temp, self.final)
-            await anyio.to_thread.run_sync(self.store._record_layer, verdict)
+            await anyio.to_thread.run_sync(self.store._record_layer, verdict, self.desc)
         except OSError as exc:
             raise write_failure(self.final, exc) from exc
 

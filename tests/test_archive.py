@@ -107,6 +107,30 @@ def test_archive_built_from_the_store_reuses_its_layers(
     assert doc["Layers"] == image.diff_ids
 
 
+def test_rotted_stored_layer_never_reaches_an_archive(
+    shared_registry: RunningRegistry, tmp_path: Path
+) -> None:
+    image = standard_image(10, fmt="oci")
+    push_image(shared_registry.url, "arch/rot", "v1", image)
+    ref = f"{shared_registry.host}/arch/rot:v1"
+    store = tmp_path / "store"
+    code, out, err = verify(ref, "--store", str(store))
+    assert code == 0, out + err
+    victim = image.layers[0].digest
+    stored = store / "blobs" / "sha256" / victim.split(":")[1]
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only hashing can tell
+    stored.write_bytes(bytes(data))
+    target = tmp_path / "rot.tar"
+    code, out, err = verify(
+        ref, "--store", str(store), "--format", "docker-archive", "-o", str(target)
+    )
+    assert code == 1, out + err
+    assert victim in err
+    assert not target.exists()
+    assert not list(tmp_path.glob(".rot.tar.tmp-*"))
+
+
 def test_docker_archive_refuses_all_platforms_and_a_directory(
     shared_standard_image: PushedImage, tmp_path: Path
 ) -> None:

@@ -22,6 +22,7 @@ from puller.reference import parse_reference
 from puller.registry import RegistryClient
 from puller.report import ImageResult, PullResult
 from puller.transport import open_session
+from tests.kit.cli import one_line_error, verify
 from tests.kit.client import basic_auth_header
 from tests.kit.images import push_image, standard_image
 from tests.kit.nginx import Site, start_nginx
@@ -34,7 +35,6 @@ from tests.kit.registry import (
 )
 from tests.kit.tokens import Access, TokenIssuer
 from tests.kit.tokenserver import ANONYMOUS, TokenServer
-from tests.test_pull import one_line_error, verify
 
 PASSWORD = "s3cret-Pa55word-for-alice"
 

@@ -19,11 +19,11 @@ from puller.auth.dockerconfig import (
 )
 from puller.auth.tokens import Credentials
 from puller.errors import AuthError
+from tests.kit.cli import one_line_error, verify
 from tests.kit.images import push_image, standard_image
 from tests.kit.registry import BasicAuthRegistry, RegistryConfig, start_registry
 from tests.kit.tokens import Access, TokenIssuer
 from tests.kit.tokenserver import TokenServer
-from tests.test_pull import one_line_error, verify
 
 HELPER = """#!/bin/sh
 # docker-credential-{name}: answers `get` for one server, says "not found" for any other.

@@ -11,13 +11,12 @@ import email.utils
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from puller.cli import verify_app
+from tests.kit.cli import one_line_error, verify
 from tests.kit.faultproxy import Fault, FaultProxy, Rule, html_error_page
 from tests.kit.images import (
     BuiltImage,
@@ -35,35 +34,6 @@ CUT = 100_000  # where a layer body is broken off: past several socket reads, be
 # Quick to give up if something hangs; the stall tests shorten the read timeout themselves.
 FAST = ("--read-timeout", "10", "--retries", "3", "--retry-max-time", "20")
 STALLED = ("--read-timeout", "1")
-
-
-@dataclass
-class Run:
-    exit_code: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> dict[str, Any]:
-        doc: dict[str, Any] = json.loads(self.stdout)
-        return doc
-
-    def layer(self, index: int) -> dict[str, Any]:
-        layer: dict[str, Any] = self.json()["images"][0]["layers"][index]
-        return layer
-
-
-def verify(*args: str) -> Run:
-    result = CliRunner().invoke(verify_app, list(args))
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return Run(result.exit_code, result.stdout, result.stderr)
-
-
-def one_line_error(run: Run) -> str:
-    assert "Traceback" not in run.stderr
-    lines = [line for line in run.stderr.splitlines() if line.startswith("pull-verify:")]
-    assert len(lines) == 1, run.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

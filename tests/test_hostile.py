@@ -10,14 +10,13 @@ from __future__ import annotations
 import gzip
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import zstandard
-from typer.testing import CliRunner
 
-from puller.cli import verify_app
+from tests.kit import cli
+from tests.kit.cli import Run, one_line_error
 from tests.kit.faultproxy import Fault, FaultProxy, Rule
 from tests.kit.images import (
     Blob,
@@ -40,45 +39,8 @@ OCI_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 REPO = "hostile/img"
 
 
-@dataclass
-class Run:
-    exit_code: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> dict[str, Any]:
-        doc: dict[str, Any] = json.loads(self.stdout)
-        return doc
-
-    def error(self) -> dict[str, Any]:
-        """The first error in the JSON report: the pull's, the image's, or a layer's."""
-        doc = self.json()
-        if doc["error"] is not None:
-            found: dict[str, Any] = doc["error"]
-            return found
-        for image in doc["images"]:
-            if image["error"] is not None:
-                found = image["error"]
-                return found
-            for layer in image["layers"]:
-                if layer["error"] is not None:
-                    found = layer["error"]
-                    return found
-        raise AssertionError(f"no error in {doc}")
-
-
 def verify(*args: str) -> Run:
-    result = CliRunner().invoke(verify_app, ["--retries", "0", *args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return Run(result.exit_code, result.stdout, result.stderr)
-
-
-def one_line_error(run: Run) -> str:
-    assert "Traceback" not in run.stderr + run.stdout
-    lines = [line for line in run.stderr.splitlines() if line.startswith("pull-verify:")]
-    assert len(lines) == 1, run.stderr
-    return lines[0]
+    return cli.verify("--retries", "0", *args)
 
 
 def both(ref: str, *args: str) -> tuple[Run, str]:

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import pytest
 from typer.testing import CliRunner
 
-from puller.cli import app, verify_app
+from puller.cli import app
+from tests.kit.cli import one_line_error, verify
 from tests.kit.fixtures import PushedImage
 from tests.kit.images import (
     BuiltImage,
@@ -32,34 +31,9 @@ from tests.kit.producers import umoci_image
 from tests.kit.registry import BasicAuthRegistry, RunningRegistry, free_port
 
 
-@dataclass
-class Run:
-    exit_code: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> dict[str, Any]:
-        doc: dict[str, Any] = json.loads(self.stdout)
-        return doc
-
-
-def verify(*args: str, stdin: str | None = None) -> Run:
-    result = CliRunner().invoke(verify_app, list(args), input=stdin)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return Run(result.exit_code, result.stdout, result.stderr)
-
-
 def push(registry: RunningRegistry, repo: str, tag: str, image: BuiltImage) -> str:
     push_image(registry.url, repo, tag, image)
     return f"{registry.host}/{repo}:{tag}"
-
-
-def one_line_error(run: Run) -> str:
-    lines = [line for line in run.stderr.splitlines() if line.startswith("pull-verify:")]
-    assert len(lines) == 1, run.stderr
-    assert "Traceback" not in run.stderr
-    return lines[0]
 
 
 # -- images that are what they claim ------------------------------------------------------

@@ -9,14 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from typer.testing import CliRunner
-
-from puller.cli import verify_app
 from puller.manifest import host_platform
+from tests.kit.cli import verify
 from tests.kit.fixtures import PushedImage
 from tests.kit.images import (
     BuiltImage,
@@ -33,20 +30,6 @@ from tests.kit.registry import RunningRegistry
 
 REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"
-
-
-@dataclass
-class Run:
-    exit_code: int
-    stdout: str
-    stderr: str
-
-
-def verify(*args: str) -> Run:
-    result = CliRunner().invoke(verify_app, list(args))
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return Run(result.exit_code, result.stdout, result.stderr)
 
 
 def index_entries(layout: Path) -> list[dict[str, Any]]:
@@ -264,6 +247,27 @@ def test_a_stored_blob_is_not_trusted_for_another_diff_id(
     assert [e["annotations"][REF_NAME] for e in index_entries(store)] == [
         f"{registry.host}/apps/one:v1"
     ]
+
+
+def test_a_stored_blob_is_not_trusted_under_another_layer_type(
+    registry: RunningRegistry, tmp_path: Path
+) -> None:
+    tar = make_tar({"same.bin": random_bytes(20_000, 77)})
+    honest = build_image([LayerSpec(tar)], fmt="oci")
+    mislabelled = build_image(
+        [LayerSpec(tar, media_type="application/vnd.oci.image.layer.v1.tar+zstd")], fmt="oci"
+    )
+    # Same blob, same diff_id claimed; only the layer type differs.
+    assert honest.layers[0].digest == mislabelled.layers[0].digest
+    assert honest.diff_ids == mislabelled.diff_ids
+    push_image(registry.url, "types/honest", "v1", honest)
+    push_image(registry.url, "types/zstd", "v1", mislabelled)
+    store = tmp_path / "store"
+    assert verify(f"{registry.host}/types/honest:v1", "--store", str(store)).exit_code == 0
+    run = verify(f"{registry.host}/types/zstd:v1", "--store", str(store))
+    assert run.exit_code == 1, run.stdout + run.stderr
+    assert "Already verified" not in run.stdout
+    assert "zstd" in run.stderr
 
 
 def test_reverify_rehashes_the_stored_copy_and_repairs_it(

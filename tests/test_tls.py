@@ -14,10 +14,10 @@ import pytest
 
 from puller.errors import TLSError
 from puller.transport import TransportOptions, certificates_for
+from tests.kit.cli import Run, one_line_error, verify
 from tests.kit.images import push_image, standard_image
 from tests.kit.nginx import RunningNginx, Site, TLSFiles, make_tls_files, start_nginx
 from tests.kit.registry import RegistryConfig, start_registry
-from tests.test_pull import Run, one_line_error, verify
 
 RATE_LIMIT = "100;w=21600"
 RATE_REMAINING = "76;w=21600"

@@ -164,7 +164,9 @@ def run_helper(name: str, server: str) -> Credentials | None:
         said = (proc.stdout or proc.stderr).decode("utf-8", "replace").strip()
         if "not found" in said.lower():
             return None
-        first = said.splitlines()[0][:200] if said else f"exit status {proc.returncode}"
+        # Only stderr is repeated: a helper's stdout may carry a secret even when it fails.
+        told = proc.stderr.decode("utf-8", "replace").strip()
+        first = told.splitlines()[0][:200] if told else f"exit status {proc.returncode}"
         raise AuthError(f"credential helper {program} failed for {server}: {first}")
     try:
         doc = json.loads(proc.stdout)

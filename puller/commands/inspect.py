@@ -174,9 +174,23 @@ def local_doc(store: Path, reference: Reference) -> dict[str, Any]:
             continue
         config_data = read_blob(store, manifest.config.digest, MAX_CONFIG_BYTES)
         config = parse_config(config_data)
+        if len(config.diff_ids) != len(manifest.layers):
+            from puller.errors import InvalidContent
+
+            raise InvalidContent(
+                f"stored config {manifest.config.digest}: {len(config.diff_ids)} diff_ids for "
+                f"{len(manifest.layers)} layers"
+            )
         layers = []
+        # Layers are not re-hashed here: "recorded" says the store verified each one when it
+        # was written and still holds it whole; `pull-verify --store DIR --reverify` re-hashes.
+        all_recorded = True
         for i, desc in enumerate(manifest.layers):
             record = _layer_record(store, str(desc.digest))
+            algorithm, _, hex_part = str(desc.digest).partition(":")
+            blob = store / "blobs" / algorithm / hex_part
+            if not record or not blob.is_file() or blob.stat().st_size != desc.size:
+                all_recorded = False
             diff_id = config.diff_ids[i] if i < len(config.diff_ids) else None
             recorded_diff = record.get("diff_id")
             if diff_id is not None and recorded_diff not in (None, str(diff_id)):
@@ -209,7 +223,7 @@ def local_doc(store: Path, reference: Reference) -> dict[str, Any]:
                 "created": config.created,
                 "compressed_size": sum(d.size for d in manifest.layers),
                 "uncompressed_size": None if None in sizes else sum(sizes),
-                "verified": True,
+                "verified": all_recorded,
                 "layers": layers,
             }
         )
@@ -219,7 +233,7 @@ def local_doc(store: Path, reference: Reference) -> dict[str, Any]:
         "digest": str(first.source_digest or first.descriptor.digest),
         "media_type": first.descriptor.media_type,
         "platforms": [image["platform"] for image in images] if len(images) > 1 else [],
-        "verified": True,
+        "verified": all(image["verified"] for image in images),
         "images": images,
         "error": None,
     }
