@@ -30,6 +30,7 @@ import aiohttp
 import anyio
 
 from puller.auditcache import AuditCache
+from puller.checks import check_child
 from puller.digest import Digest, is_digest, parse_digest
 from puller.errors import (
     BlobMissing,
@@ -59,14 +60,13 @@ from puller.findings import (
     count_by_kind,
     exit_code_for,
 )
-from puller.imageconfig import MAX_CONFIG_BYTES, parse_config
+from puller.imageconfig import parse_config
 from puller.manifest import Descriptor, ImageIndex, ImageManifest, parse_manifest
-from puller.pull import Puller, PullOptions, connect
+from puller.pull import Puller, PullOptions, connect, fetch_config
 from puller.reference import Reference, parse_reference
 from puller.registry import RegistryClient
 from puller.report import LayerResult
 from puller.transport import open_session
-from puller.verify import BlobVerifier
 
 T = TypeVar("T")
 
@@ -589,17 +589,18 @@ class _Resolver:
         host, repo = target.host, target.repository
         try:
             fetched = await self.conns.call(host, lambda c: c.get_manifest(repo, str(entry.digest)))
-            served = Digest.of(fetched.data, entry.digest.algorithm)
-            if served != entry.digest or len(fetched.data) != entry.size:
+            try:
+                check_child(entry, fetched.data, subject=f"manifest {entry.digest}", checks=[])
+            except (DigestMismatch, SizeMismatch) as exc:
                 self.report(
                     Finding(
                         reference=shown,
                         kind=MANIFEST_MISMATCH,
                         host=host,
                         subject=f"manifest {entry.digest}",
-                        detail="digest" if served != entry.digest else "size",
+                        detail="digest" if isinstance(exc, DigestMismatch) else "size",
                         expected=f"{entry.digest} ({entry.size} bytes)",
-                        actual=f"{served} ({len(fetched.data)} bytes)",
+                        actual=f"{exc.actual} ({len(fetched.data)} bytes)",
                     )
                 )
                 return
@@ -678,21 +679,8 @@ class _Resolver:
     async def _fetch_config(
         self, host: str, repo: str, desc: Descriptor
     ) -> tuple[BlobOutcome, tuple[str, ...] | None]:
-        subject = f"config {desc.digest}"
         try:
-            if desc.size > MAX_CONFIG_BYTES:
-                raise InvalidContent(
-                    f"{subject}: {desc.size} bytes is over the {MAX_CONFIG_BYTES} byte limit",
-                    subject=subject,
-                    expected=f"<={MAX_CONFIG_BYTES} bytes",
-                    actual=f"{desc.size} bytes",
-                )
-            data = await self.conns.call(
-                host, lambda c: c.get_blob_bytes(repo, desc.digest, desc.size)
-            )
-            checker = BlobVerifier(desc.digest, desc.size, subject)
-            checker.update(data)
-            checker.finish()
+            data = await self.conns.call(host, lambda c: fetch_config(c, repo, desc, []))
             diff_ids = tuple(str(d) for d in parse_config(data).diff_ids)
         except PullVerifyError as exc:
             return error_outcome(host, str(desc.digest), desc.size, exc), None
@@ -769,7 +757,7 @@ async def _verify_one(conns: Connections, task: BlobTask) -> BlobOutcome:
 
         async def fetch(_client: GatedClient) -> None:
             # The puller's own loop: streaming, Range resume, retries, CPU in threads.
-            await puller._fetch_layer(task.repository, layer)
+            await puller.fetch_layer(task.repository, layer)
 
         await conns.call(task.host, fetch)
         verdict = layer.verdict

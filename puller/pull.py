@@ -26,20 +26,18 @@ import anyio
 
 from puller.auth.dockerconfig import docker_credentials
 from puller.auth.tokens import Authenticator, Credentials
-from puller.digest import Digest, parse_digest
+from puller.checks import check_child, check_config, check_config_size, check_manifest
+from puller.digest import Digest
 from puller.errors import (
     CertificateError,
-    ContentDigestMismatch,
-    DigestMismatch,
     InvalidContent,
     NetworkError,
     PullVerifyError,
     RegistryError,
-    SizeMismatch,
     UnsupportedContent,
 )
 from puller.feed import ThreadedFeeder
-from puller.imageconfig import MAX_CONFIG_BYTES, parse_config
+from puller.imageconfig import parse_config
 from puller.manifest import (
     Descriptor,
     ImageIndex,
@@ -56,7 +54,7 @@ from puller.report import Check, ImageResult, LayerResult, PullResult
 from puller.retry import Attempts, RetryPolicy
 from puller.sink import BlobSink, BlobWriter, DiscardSink
 from puller.transport import TransportOptions, open_session, translate
-from puller.verify import BlobVerifier, LayerVerifier
+from puller.verify import LayerVerifier
 
 CHUNK_SIZE = 256 << 10  # what one socket read brings: handed over as is, never joined
 DEFAULT_JOBS = 4
@@ -205,6 +203,60 @@ def check_content_range(header: str | None, offset: int, size: int, what: str) -
         )
 
 
+async def fetch_manifest(
+    client: RegistryClient, reference: Reference, checks: list[Check]
+) -> tuple[FetchedManifest, Digest]:
+    """A reference's manifest exactly as served, checked against its pin and header.
+
+    With both a tag and a digest the tag is asked for: the pin then also asserts that the
+    tag still names that manifest (docker would silently ignore the tag).
+    """
+    fetched = await client.get_manifest(
+        reference.repository, reference.tag or reference.manifest_ref
+    )
+    digest = check_manifest(
+        fetched.data,
+        subject=f"manifest {reference}",
+        pinned=reference.digest,
+        content_digest=fetched.content_digest,
+        checks=checks,
+    )
+    return fetched, digest
+
+
+async def fetch_child(
+    client: RegistryClient,
+    repository: str,
+    entry: Descriptor,
+    subject: str,
+    checks: list[Check],
+) -> FetchedManifest:
+    """An index entry's manifest, checked against the digest and size the index gave."""
+    fetched = await client.get_manifest(repository, str(entry.digest))
+    check_child(entry, fetched.data, subject=subject, checks=checks)
+    return fetched
+
+
+def parse_image_manifest(fetched: FetchedManifest, subject: str) -> ImageManifest:
+    """A verified child manifest as an image manifest; an index inside an index is refused."""
+    with naming(subject):
+        manifest = parse_manifest(fetched.data, fetched.content_type)
+    if not isinstance(manifest, ImageManifest):
+        raise UnsupportedContent(f"{subject}: nested indexes are not supported")
+    return manifest
+
+
+async def fetch_config(
+    client: RegistryClient, repository: str, descriptor: Descriptor, checks: list[Check]
+) -> bytes:
+    """A config blob whole (bounded), checked against its descriptor."""
+    subject = f"config {descriptor.digest}"
+    check_config_size(descriptor, subject=subject)
+    data = await client.get_blob_bytes(repository, descriptor.digest, descriptor.size)
+    check_config(descriptor, data, subject=subject, checks=checks)
+    return data
+
+
 class Puller:
     """Verifies images of one registry through one client, writing to one sink."""
 
@@ -236,10 +288,7 @@ class Puller:
 
     async def _pull(self, reference: Reference, result: PullResult) -> None:
         repo = reference.repository
-        # With both a tag and a digest, ask for the tag: the pin then also asserts that the
-        # tag still names that manifest (docker would silently ignore the tag).
-        fetched = await self.client.get_manifest(repo, reference.tag or reference.manifest_ref)
-        digest = self._check_manifest_digest(reference, fetched, result.checks)
+        fetched, digest = await fetch_manifest(self.client, reference, result.checks)
         result.manifest_digest = digest
         with naming(f"manifest {reference}"):
             manifest = parse_manifest(fetched.data, fetched.content_type)
@@ -278,76 +327,16 @@ class Puller:
             return entries
         return [choose_platform(index, self.options.platform or host_platform())]
 
-    def _check_manifest_digest(
-        self, reference: Reference, fetched: FetchedManifest, checks: list[Check]
-    ) -> Digest:
-        """The digest of the exact bytes served, checked against the pin and the header."""
-        subject = f"manifest {reference}"
-        algorithm = reference.digest.algorithm if reference.digest else "sha256"
-        header = None
-        if fetched.content_digest:
-            header = parse_digest(fetched.content_digest, what="Docker-Content-Digest")
-            algorithm = reference.digest.algorithm if reference.digest else header.algorithm
-        actual = Digest.of(fetched.data, algorithm)
-        if reference.digest is not None:
-            ok = actual == reference.digest
-            checks.append(Check("manifest-digest", subject, str(reference.digest), str(actual), ok))
-            if not ok:
-                raise DigestMismatch(
-                    f"{subject}: served manifest hashes to {actual}, not the pinned "
-                    f"{reference.digest}",
-                    subject=subject,
-                    expected=str(reference.digest),
-                    actual=str(actual),
-                    bytes_read=len(fetched.data),
-                )
-        if header is not None:
-            served = Digest.of(fetched.data, header.algorithm)
-            ok = served == header
-            checks.append(Check("docker-content-digest", subject, str(header), str(served), ok))
-            if not ok:
-                raise ContentDigestMismatch(
-                    f"{subject}: registry claims Docker-Content-Digest {header} but the bytes "
-                    f"it served hash to {served}",
-                    subject=subject,
-                    expected=str(header),
-                    actual=str(served),
-                    bytes_read=len(fetched.data),
-                )
-        return actual
-
     async def _verify_child(
         self, reference: Reference, entry: Descriptor, image: ImageResult
     ) -> None:
         """One platform's manifest, named by digest in the index."""
         try:
-            fetched = await self.client.get_manifest(reference.repository, str(entry.digest))
             subject = f"manifest {image.reference}"
-            actual = Digest.of(fetched.data, entry.digest.algorithm)
-            ok = actual == entry.digest and len(fetched.data) == entry.size
-            image.checks.append(
-                Check(
-                    "manifest-digest",
-                    subject,
-                    str(entry.digest),
-                    str(actual),
-                    actual == entry.digest,
-                )
+            fetched = await fetch_child(
+                self.client, reference.repository, entry, subject, image.checks
             )
-            if not ok:
-                cls = DigestMismatch if actual != entry.digest else SizeMismatch
-                raise cls(
-                    f"{subject}: index names {entry.digest} ({entry.size} bytes), registry "
-                    f"served {actual} ({len(fetched.data)} bytes)",
-                    subject=subject,
-                    expected=str(entry.digest),
-                    actual=str(actual),
-                    bytes_read=len(fetched.data),
-                )
-            with naming(subject):
-                manifest = parse_manifest(fetched.data, fetched.content_type)
-            if not isinstance(manifest, ImageManifest):
-                raise UnsupportedContent(f"{subject}: nested indexes are not supported")
+            manifest = parse_image_manifest(fetched, subject)
             await self._verify_image(reference, manifest, image)
             if image.ok:
                 await self.sink.put_verified(entry, fetched.data)
@@ -368,27 +357,7 @@ class Puller:
         repo = reference.repository
         config_desc = manifest.config
         subject = f"config {config_desc.digest}"
-        if config_desc.size > MAX_CONFIG_BYTES:
-            raise InvalidContent(
-                f"{subject}: {config_desc.size} bytes is over the "
-                f"{MAX_CONFIG_BYTES} byte limit for a config"
-            )
-        data = await self.client.get_blob_bytes(repo, config_desc.digest, config_desc.size)
-        checker = BlobVerifier(config_desc.digest, config_desc.size, subject)
-        checker.update(data)
-        try:
-            checker.finish()
-        finally:
-            actual = Digest.of(data, config_desc.digest.algorithm)
-            image.checks.append(
-                Check(
-                    "config-digest",
-                    subject,
-                    str(config_desc.digest),
-                    str(actual),
-                    actual == config_desc.digest,
-                )
-            )
+        data = await fetch_config(self.client, repo, config_desc, image.checks)
         image.image_id = config_desc.digest
         with naming(subject):
             config = parse_config(data)
@@ -421,7 +390,7 @@ class Puller:
         async with self._jobs:
             self.progress.layer_started(image, layer)
             try:
-                await self._fetch_layer(repo, layer)
+                await self.fetch_layer(repo, layer)
             except PullVerifyError as exc:
                 layer.error = exc
             desc, verdict = layer.descriptor, layer.verdict
@@ -448,7 +417,9 @@ class Puller:
                 )
             self.progress.layer_finished(image, layer)
 
-    async def _fetch_layer(self, repo: str, layer: LayerResult) -> None:
+    async def fetch_layer(self, repo: str, layer: LayerResult) -> None:
+        """Fetch and verify one layer blob into ``layer.verdict`` (through the sink), with
+        Range resume and retries; raises the layer's error."""
         desc = layer.descriptor
         subject = f"layer {desc.digest}"
         compression = layer_compression(desc.media_type)

@@ -5,8 +5,8 @@ first: a manifest against its pin, the ``Docker-Content-Digest`` header and (for
 child) the index entry; a config against its descriptor. Bytes go to stdout unchanged, so
 ``puller manifest REF | sha256sum`` prints the manifest digest.
 
-The helpers here (``common options``, ``fetch_manifest``, ``resolve_image``) are shared with
-the other verbs of this package.
+The helpers here (common options, ``fetch_manifest``, ``resolve_image``) are shared with
+the other verbs of this package; the checks themselves are ``puller.pull``'s.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from puller.manifest import Descriptor, ImageIndex, ImageManifest, Platform
     from puller.pull import PullOptions
     from puller.reference import Reference
-    from puller.registry import FetchedManifest, RegistryClient
+    from puller.registry import RegistryClient
 
 T = TypeVar("T")
 
@@ -126,56 +126,19 @@ def write_stdout_bytes(data: bytes) -> None:
 
 async def fetch_manifest(client: RegistryClient, reference: Reference) -> tuple[bytes, Digest]:
     """The manifest exactly as served, checked against the pin and Docker-Content-Digest."""
-    from puller.digest import Digest, parse_digest
-    from puller.errors import ContentDigestMismatch, DigestMismatch
+    from puller import pull
 
-    fetched: FetchedManifest = await client.get_manifest(
-        reference.repository, reference.tag or reference.manifest_ref
-    )
-    subject = f"manifest {reference}"
-    actual = Digest.of(fetched.data, reference.digest.algorithm if reference.digest else "sha256")
-    if reference.digest is not None and actual != reference.digest:
-        raise DigestMismatch(
-            f"{subject}: served manifest hashes to {actual}, not the pinned {reference.digest}",
-            subject=subject,
-            expected=str(reference.digest),
-            actual=str(actual),
-        )
-    if fetched.content_digest:
-        header = parse_digest(fetched.content_digest, what="Docker-Content-Digest")
-        served = Digest.of(fetched.data, header.algorithm)
-        if served != header:
-            raise ContentDigestMismatch(
-                f"{subject}: registry claims Docker-Content-Digest {header} but the bytes it "
-                f"served hash to {served}",
-                subject=subject,
-                expected=str(header),
-                actual=str(served),
-            )
-    return fetched.data, actual
+    fetched, digest = await pull.fetch_manifest(client, reference, [])
+    return fetched.data, digest
 
 
-async def fetch_child(
-    client: RegistryClient, reference: Reference, entry: Descriptor
-) -> tuple[bytes, ImageManifest | ImageIndex]:
+async def fetch_child(client: RegistryClient, reference: Reference, entry: Descriptor) -> bytes:
     """An index entry's manifest, checked against the digest and size the index gave."""
-    from puller.digest import Digest
-    from puller.errors import DigestMismatch, SizeMismatch
-    from puller.manifest import parse_manifest
+    from puller import pull
 
-    fetched = await client.get_manifest(reference.repository, str(entry.digest))
-    actual = Digest.of(fetched.data, entry.digest.algorithm)
     subject = f"manifest {reference.registry}/{reference.repository}@{entry.digest}"
-    if actual != entry.digest or len(fetched.data) != entry.size:
-        cls = DigestMismatch if actual != entry.digest else SizeMismatch
-        raise cls(
-            f"{subject}: index names {entry.digest} ({entry.size} bytes), registry served "
-            f"{actual} ({len(fetched.data)} bytes)",
-            subject=subject,
-            expected=str(entry.digest),
-            actual=str(actual),
-        )
-    return fetched.data, parse_manifest(fetched.data, fetched.content_type)
+    fetched = await pull.fetch_child(client, reference.repository, entry, subject, [])
+    return fetched.data
 
 
 def choose(index: ImageIndex, platform: Platform | None) -> Descriptor:
@@ -186,38 +149,20 @@ def choose(index: ImageIndex, platform: Platform | None) -> Descriptor:
 
 async def resolve_image(
     client: RegistryClient, reference: Reference, platform: Platform | None
-) -> tuple[bytes, ImageManifest]:
+) -> ImageManifest:
     """The image manifest a reference names, an index resolved to ``platform``'s entry."""
-    from puller.errors import UnsupportedContent
+    from puller import pull
     from puller.manifest import ImageManifest, parse_manifest
 
-    data, _digest = await fetch_manifest(client, reference)
-    manifest = parse_manifest(data)
-    if not isinstance(manifest, ImageManifest):
-        data, manifest = await fetch_child(client, reference, choose(manifest, platform))
-        if not isinstance(manifest, ImageManifest):
-            raise UnsupportedContent(f"manifest {reference}: nested indexes are not supported")
-    return data, manifest
-
-
-async def fetch_config(
-    client: RegistryClient, reference: Reference, manifest: ImageManifest
-) -> bytes:
-    from puller.errors import InvalidContent
-    from puller.imageconfig import MAX_CONFIG_BYTES
-    from puller.verify import BlobVerifier
-
-    desc = manifest.config
-    subject = f"config {desc.digest}"
-    if desc.size > MAX_CONFIG_BYTES:
-        raise InvalidContent(
-            f"{subject}: {desc.size} bytes is over the {MAX_CONFIG_BYTES} byte limit for a config"
-        )
-    data = await client.get_blob_bytes(reference.repository, desc.digest, desc.size)
-    checker = BlobVerifier(desc.digest, desc.size, subject)
-    checker.update(data)
-    checker.finish()
-    return data
+    fetched, _digest = await pull.fetch_manifest(client, reference, [])
+    with pull.naming(f"manifest {reference}"):
+        manifest = parse_manifest(fetched.data, fetched.content_type)
+    if isinstance(manifest, ImageManifest):
+        return manifest
+    entry = choose(manifest, platform)
+    subject = f"manifest {reference.registry}/{reference.repository}@{entry.digest}"
+    child = await pull.fetch_child(client, reference.repository, entry, subject, [])
+    return pull.parse_image_manifest(child, subject)
 
 
 async def with_client(
@@ -290,8 +235,7 @@ def manifest_command(
         top = parse_manifest(data)
         if not isinstance(top, ImageIndex):
             return data  # an image manifest is its own answer for any platform
-        child, _manifest = await fetch_child(client, ref, choose(top, options.platform))
-        return child
+        return await fetch_child(client, ref, choose(top, options.platform))
 
     data = run_verb(lambda: with_client(ref, options, body))
     write_stdout_bytes(data)
@@ -312,8 +256,10 @@ def config_command(
     options = build(conn)
 
     async def body(client: RegistryClient) -> bytes:
-        _data, manifest = await resolve_image(client, ref, options.platform)
-        return await fetch_config(client, ref, manifest)
+        from puller.pull import fetch_config
+
+        manifest = await resolve_image(client, ref, options.platform)
+        return await fetch_config(client, ref.repository, manifest.config, [])
 
     data = run_verb(lambda: with_client(ref, options, body))
     write_stdout_bytes(data)
