@@ -431,6 +431,8 @@ class Puller:
             layer.skipped = "Already verified in store"
             return
 
+        writer = await self.sink.open_blob(desc)
+
         def new_verifier() -> LayerVerifier:
             return LayerVerifier(
                 digest=desc.digest,
@@ -439,11 +441,11 @@ class Puller:
                 diff_id=layer.expected_diff_id,
                 subject=subject,
                 max_uncompressed=self.options.max_layer_size,
+                on_uncompressed=writer.on_uncompressed,
             )
 
-        verifier = new_verifier()
-        writer = await self.sink.open_blob(desc)
         try:
+            verifier = new_verifier()
             attempts = Attempts(self.options.retry, on_retry=self._on_retry(subject))
             while True:
                 try:

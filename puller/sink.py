@@ -10,10 +10,16 @@ from typing import Protocol
 
 from puller.digest import Digest
 from puller.manifest import Descriptor
-from puller.verify import LayerVerdict
+from puller.verify import Consumer, LayerVerdict
 
 
 class BlobWriter(Protocol):
+    @property
+    def on_uncompressed(self) -> Consumer | None:
+        """Sees the layer's tar stream as the verifier inflates it (in a worker thread,
+        in order), or None. One inflate serves both; the pieces are unverified until
+        ``commit``."""
+
     async def write(self, chunk: bytes) -> None: ...
     async def restart(self) -> None:
         """Drop what was written: the server ignored a Range and sends the blob again."""
@@ -42,6 +48,8 @@ class BlobSink(Protocol):
 
 
 class _NullWriter:
+    on_uncompressed: Consumer | None = None
+
     async def write(self, chunk: bytes) -> None:
         return None
 

@@ -49,7 +49,7 @@ from puller.manifest import (
 )
 from puller.reference import Reference, parse_reference
 from puller.sink import BlobSink, BlobWriter
-from puller.verify import LayerVerdict, LayerVerifier
+from puller.verify import Consumer, LayerVerdict, LayerVerifier
 
 REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"
@@ -447,6 +447,8 @@ class LayoutStore:
 
 class _LayoutBlobWriter:
     """One layer streaming to a temporary file; renamed under its digest on commit."""
+
+    on_uncompressed: Consumer | None = None
 
     def __init__(self, store: LayoutStore, desc: Descriptor, final: Path, temp: Path) -> None:
         self.store = store

@@ -1,12 +1,12 @@
 """``puller cp REF:/path DEST``: a file or directory of an image's merged filesystem.
 
 Layer: the edge, plus ``ExtractSink``, a BlobSink fed by the verify pipeline (``Puller``).
-The pipeline streams each layer through its verifier and hands the same bytes to the sink,
-which inflates them and applies the tar to a staging directory beside DEST
-(``puller.extract``). Layers must be applied in order, so the pull runs one layer at a time
-(``jobs=1``) and the sink checks the order. Nothing becomes visible until every layer and
-the manifest verified: then one rename puts the source in place; on any failure the
-staging directory is removed.
+The pipeline streams each layer through its verifier, whose one inflate also hands the
+tar to the sink (``BlobWriter.on_uncompressed``); the sink applies it to a staging
+directory beside DEST (``puller.extract``). Layers must be applied in order, so the pull
+runs one layer at a time (``jobs=1``) and the sink checks the order. Nothing becomes
+visible until every layer and the manifest verified: then one rename puts the source in
+place; on any failure the staging directory is removed.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from puller.digest import Digest
     from puller.extract import Extraction
     from puller.manifest import Descriptor
-    from puller.mediatypes import Compression
     from puller.pull import Progress, PullOptions
     from puller.reference import Reference
     from puller.report import ImageResult, LayerResult, PullResult
@@ -46,31 +45,21 @@ if TYPE_CHECKING:
 
 
 class _LayerWriter:
-    """Inflates one layer's bytes as they stream and feeds the tar to the extraction."""
+    """Feeds one layer's tar, as the verifier inflates it, to the extraction."""
 
-    def __init__(self, sink: ExtractSink, compression: Compression, subject: str) -> None:
+    def __init__(self, sink: ExtractSink, subject: str) -> None:
         self._sink = sink
-        self._compression = compression
         self._subject = subject
-        self._inflate_failed = False
         self._problem: PullVerifyError | None = None
-        self._new_inflater()
+        self.on_uncompressed = self._extract
         sink.extraction.begin_layer(subject)
 
-    def _new_inflater(self) -> None:
-        from puller.verify import make_inflater
-
-        self._inflater = make_inflater(self._compression)
-
-    def _feed(self, chunk: bytes) -> None:
-        if self._inflate_failed or self._problem is not None:
+    def _extract(self, data: bytes) -> None:
+        # Runs in the verifier's hash thread, after --max-layer-size was enforced.
+        if self._problem is not None:
             return
-        from puller.errors import DecompressionError
-
         try:
-            self._inflater.feed(chunk, self._sink.extraction.feed)
-        except DecompressionError:
-            self._inflate_failed = True  # the verifier reports it, with the blob's digest
+            self._sink.extraction.feed(data)
         except IntegrityError as exc:
             # Not raised yet: if the bytes are corrupt, the digest mismatch is the real story.
             self._problem = exc
@@ -78,26 +67,20 @@ class _LayerWriter:
             self._problem = PullVerifyError(f"{self._subject}: cannot extract: {exc}")
 
     async def write(self, chunk: bytes) -> None:
-        import anyio
-
-        await anyio.to_thread.run_sync(self._feed, chunk)
+        return None  # the compressed bytes are not kept; their tar arrives via _extract
 
     async def restart(self) -> None:
-        self._new_inflater()
-        self._inflate_failed = False
         self._problem = None
         self._sink.extraction.restart_layer()
 
     async def commit(self, verdict: LayerVerdict) -> None:
         # Called only after the layer's digest, size and diff_id checked out.
         if self._problem is not None:
-            self._sink.failed = True
             raise self._problem
         self._sink.extraction.end_layer()
         self._sink.applied += 1
 
     async def abort(self) -> None:
-        self._sink.failed = True
         self._sink.extraction.discard()
 
 
@@ -108,8 +91,6 @@ class ExtractSink:
         self.extraction = extraction
         self.progress = progress
         self.applied = 0  # layers applied so far
-        self.failed = False
-        self.image_done = False
         self._current: LayerResult | None = None
 
     # -- BlobSink ---------------------------------------------------------------------------
@@ -121,23 +102,19 @@ class ExtractSink:
 
     async def open_blob(self, descriptor: Descriptor) -> BlobWriter:
         from puller.errors import UnsupportedContent
-        from puller.mediatypes import layer_compression
 
         current = self._current
         if current is None or current.descriptor != descriptor or current.index != self.applied:
-            self.failed = True
             raise UnsupportedContent(
                 f"layer {descriptor.digest}: layers did not arrive in order; cannot extract"
             )
-        compression = layer_compression(descriptor.media_type)
-        assert compression is not None  # the pipeline refuses unknown layer types first
-        return _LayerWriter(self, compression, f"layer {descriptor.digest}")
+        return _LayerWriter(self, f"layer {descriptor.digest}")
 
     async def put_verified(self, descriptor: Descriptor, data: bytes) -> None:
         return None
 
     async def finish_image(self, reference: str, manifest: Descriptor) -> None:
-        self.image_done = True
+        return None
 
     # -- Progress (relayed; layer_started says which layer opens next) ------------------------
 
