@@ -24,13 +24,13 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from types import TracebackType
 from typing import Self
 
 import aiohttp
 from aiohttp import web
 
 from tests.kit.client import require_loopback
+from tests.kit.serving import LoopThread, Stoppable
 
 # Hop-by-hop and length headers are the proxy's own business, not copied from upstream.
 _NOT_FORWARDED = frozenset(
@@ -106,7 +106,7 @@ class LoggedRequest:
     status: int | None  # what the proxy answered (None: the connection was cut first)
 
 
-class FaultProxy:
+class FaultProxy(Stoppable):
     """``with FaultProxy(upstream_url) as proxy:`` a proxy on a free loopback port.
 
     ``proxy.host`` is ``127.0.0.1:PORT`` for references; ``proxy.add(rule)`` arms a fault;
@@ -123,8 +123,7 @@ class FaultProxy:
         self.rules: list[Rule] = []
         self.log: list[LoggedRequest] = []
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._server: LoopThread | None = None
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._closing: asyncio.Event | None = None
@@ -178,30 +177,8 @@ class FaultProxy:
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> Self:
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            try:
-                loop.run_until_complete(self._serve())
-            except BaseException as exc:  # reported to the starting thread
-                failure.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self._shutdown())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name=f"fault-proxy-{id(self)}", daemon=True)
-        self._thread.start()
-        if not ready.wait(_STOP_TIMEOUT):
-            raise RuntimeError("fault proxy did not start")
-        if failure:
-            raise RuntimeError(f"fault proxy did not start: {failure[0]!r}") from failure[0]
+        self._server = LoopThread(f"fault-proxy-{id(self)}", self._serve, self._shutdown)
+        self._server.start()
         return self
 
     async def _serve(self) -> None:
@@ -228,25 +205,14 @@ class FaultProxy:
             await self._session.close()
 
     def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        if self._closing is not None:
-            loop.call_soon_threadsafe(self._closing.set)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(_STOP_TIMEOUT)
-        self._loop = self._thread = None
+        server, self._server = self._server, None
+        if server is not None:
+            # Wake handlers that stall on purpose before the loop stops under them.
+            closing = self._closing
+            server.stop(first=closing.set if closing is not None else None)
 
     def __enter__(self) -> Self:
         return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- the handler ----------------------------------------------------------------------
 

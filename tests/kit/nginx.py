@@ -22,12 +22,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import trustme
 
 from tests.kit.registry import free_port, require_binary
+from tests.kit.serving import Stoppable
 
 NGINX = "/usr/sbin/nginx"
 _READY_TIMEOUT = 10.0
@@ -126,7 +125,7 @@ class Site:
 
 
 @dataclass
-class RunningNginx:
+class RunningNginx(Stoppable):
     root: Path
     sites: list[Site]
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
@@ -225,17 +224,6 @@ class RunningNginx:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def start_nginx(root: Path, sites: Sequence[Site]) -> RunningNginx:

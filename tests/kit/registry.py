@@ -24,10 +24,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from tests.kit.client import basic_auth_header, request
+from tests.kit.serving import Stoppable
 
 DEFAULT_BINARY = "/usr/bin/docker-registry"
 _READY_TIMEOUT = 10.0
@@ -260,7 +260,7 @@ def _stop_leftovers() -> None:
         registry.stop()
 
 
-class RunningRegistry:
+class RunningRegistry(Stoppable):
     """A ``docker-registry serve`` process on a loopback port, with storage in ``root``."""
 
     def __init__(self, config: RegistryConfig, binary: str = DEFAULT_BINARY) -> None:
@@ -386,17 +386,6 @@ class RunningRegistry:
         """Stop and start on the same port, e.g. to drop the in-memory descriptor cache."""
         self.stop()
         self.start()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- storage, to damage what the registry serves
 

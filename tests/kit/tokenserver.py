@@ -17,7 +17,6 @@ client fetched a token again instead of waiting for one to expire.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import datetime as dt
@@ -26,11 +25,11 @@ import threading
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Self
 
 from aiohttp import web
 
+from tests.kit.serving import LoopThread, Stoppable
 from tests.kit.tokens import Access, TokenIssuer
 
 ANONYMOUS = ""  # the principal of a request without credentials
@@ -50,7 +49,7 @@ class TokenRequest:
 
 
 @dataclass
-class TokenServer:
+class TokenServer(Stoppable):
     """Configure, then ``start()`` (or use as a context manager); ``realm`` is the URL."""
 
     issuer: TokenIssuer
@@ -66,8 +65,7 @@ class TokenServer:
     requests: list[TokenRequest] = field(default_factory=list)
     host: str = "127.0.0.1"
     port: int = 0
-    _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
-    _thread: threading.Thread | None = field(default=None, repr=False)
+    _server: LoopThread | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -80,52 +78,22 @@ class TokenServer:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind((self.host, 0))
         self.port = sock.getsockname()[1]
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        failure: list[BaseException] = []
+        app = web.Application()
+        app.router.add_route("*", "/token", self._handle)
+        runner = web.AppRunner(app, access_log=None)
 
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            app = web.Application()
-            app.router.add_route("*", "/token", self._handle)
-            runner = web.AppRunner(app, access_log=None)
-            try:
-                loop.run_until_complete(runner.setup())
-                loop.run_until_complete(web.SockSite(runner, sock).start())
-            except BaseException as exc:
-                failure.append(exc)
-                ready.set()
-                return
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(runner.cleanup())
-            loop.close()
+        async def serve() -> None:
+            await runner.setup()
+            await web.SockSite(runner, sock).start()
 
-        self._loop = loop
-        self._thread = threading.Thread(target=run, name="token-server", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        if failure:
-            raise RuntimeError(f"token server did not start: {failure[0]!r}")
+        self._server = LoopThread("token-server", serve, runner.cleanup)
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        self._loop = self._thread = None
-        if loop is not None and thread is not None:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(10)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop()
 
     def count(self, *, method: str | None = None, grant_type: str | None = None) -> int:
         with self._lock:
