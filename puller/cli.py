@@ -14,6 +14,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from puller.commands.options import (
+    CaCertOpt,
+    InsecureOpt,
+    PasswordStdinOpt,
+    ReadTimeoutOpt,
+    RetriesOpt,
+    RetryMaxTimeOpt,
+    UsernameOpt,
+)
 from puller.errors import EXIT_CODES, EXIT_INTERRUPTED, PullVerifyError, UsageError
 
 if TYPE_CHECKING:
@@ -202,17 +211,10 @@ def verify_command(
         bool, typer.Option("--json", help="Print one JSON document with every check.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the digest.")] = False,
-    username: Annotated[str | None, typer.Option("--username", "-u")] = None,
-    password_stdin: Annotated[
-        bool, typer.Option("--password-stdin", help="Read the password from stdin.")
-    ] = False,
-    insecure: Annotated[
-        list[str] | None,
-        typer.Option("--insecure", help="Allow plain HTTP to this host (repeatable)."),
-    ] = None,
-    ca_cert: Annotated[
-        list[Path] | None, typer.Option("--ca-cert", help="Extra CA certificate (repeatable).")
-    ] = None,
+    username: UsernameOpt = None,
+    password_stdin: PasswordStdinOpt = False,
+    insecure: InsecureOpt = None,
+    ca_cert: CaCertOpt = None,
     tls_verify: Annotated[
         str,
         typer.Option(
@@ -236,13 +238,9 @@ def verify_command(
         str | None,
         typer.Option(help="Refuse layers that inflate beyond this (e.g. 20G). Default 64G."),
     ] = None,
-    retries: Annotated[int, typer.Option(help="Retries of transient failures per request.")] = 4,
-    retry_max_time: Annotated[
-        float, typer.Option(help="Give up retrying a request after this many seconds.")
-    ] = 120.0,
-    read_timeout: Annotated[
-        float, typer.Option(help="Seconds without a byte before a download counts as stalled.")
-    ] = 30.0,
+    retries: RetriesOpt = 4,
+    retry_max_time: RetryMaxTimeOpt = 120.0,
+    read_timeout: ReadTimeoutOpt = 30.0,
     output: Annotated[
         Path | None,
         typer.Option(

@@ -14,6 +14,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from puller.commands.options import (
+    CaCertOpt,
+    InsecureOpt,
+    ReadTimeoutOpt,
+    RetriesOpt,
+    TlsVerifyOpt,
+)
 from puller.errors import EXIT_INTERRUPTED, PullVerifyError, UsageError
 
 if TYPE_CHECKING:
@@ -238,20 +245,11 @@ def audit_command(
     catalog_page_size: Annotated[
         int, typer.Option(help="Repositories asked for per catalog page.")
     ] = 1000,
-    insecure: Annotated[
-        list[str] | None,
-        typer.Option("--insecure", help="Allow plain HTTP to this host (repeatable)."),
-    ] = None,
-    ca_cert: Annotated[
-        list[Path] | None, typer.Option("--ca-cert", help="Extra CA certificate (repeatable).")
-    ] = None,
-    tls_verify: Annotated[
-        bool, typer.Option("--tls-verify/--no-tls-verify", help="Verify TLS certificates.")
-    ] = True,
-    retries: Annotated[int, typer.Option(help="Retries of transient failures per request.")] = 4,
-    read_timeout: Annotated[
-        float, typer.Option(help="Seconds without a byte before a download counts as stalled.")
-    ] = 30.0,
+    insecure: InsecureOpt = None,
+    ca_cert: CaCertOpt = None,
+    tls_verify: TlsVerifyOpt = True,
+    retries: RetriesOpt = 4,
+    read_timeout: ReadTimeoutOpt = 30.0,
 ) -> None:
     """Audit images on a registry: every manifest, config and layer, each blob once."""
 

@@ -17,13 +17,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from puller.commands.registry_verbs import (
+from puller.commands.options import (
     CaCertOpt,
     InsecureOpt,
     PasswordStdinOpt,
     PlatformOpt,
     TlsVerifyOpt,
     UsernameOpt,
+)
+from puller.commands.registry_verbs import (
     build,
     err,
     fail,

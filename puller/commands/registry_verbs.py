@@ -20,6 +20,14 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
+from puller.commands.options import (
+    CaCertOpt,
+    InsecureOpt,
+    PasswordStdinOpt,
+    PlatformOpt,
+    TlsVerifyOpt,
+    UsernameOpt,
+)
 from puller.errors import EXIT_INTERRUPTED, PullVerifyError, UsageError
 
 if TYPE_CHECKING:
@@ -30,27 +38,6 @@ if TYPE_CHECKING:
     from puller.registry import RegistryClient
 
 T = TypeVar("T")
-
-# -- options every network verb takes ------------------------------------------------------
-
-UsernameOpt = Annotated[str | None, typer.Option("--username", "-u")]
-PasswordStdinOpt = Annotated[
-    bool, typer.Option("--password-stdin", help="Read the password from stdin.")
-]
-InsecureOpt = Annotated[
-    list[str] | None,
-    typer.Option("--insecure", help="Allow plain HTTP to this host (repeatable)."),
-]
-CaCertOpt = Annotated[
-    list[Path] | None, typer.Option("--ca-cert", help="Extra CA certificate (repeatable).")
-]
-TlsVerifyOpt = Annotated[
-    bool, typer.Option("--tls-verify/--no-tls-verify", help="Verify TLS certificates.")
-]
-PlatformOpt = Annotated[
-    str | None,
-    typer.Option(help="Platform to pick from an index: os/arch[/variant]. Default: this host's."),
-]
 
 
 @dataclass(frozen=True, slots=True)
