@@ -10,7 +10,6 @@ from __future__ import annotations
 import email.utils
 import json
 import time
-from collections.abc import Iterator
 
 import pytest
 from typer.testing import CliRunner
@@ -49,12 +48,6 @@ def image(shared_registry: RunningRegistry) -> BuiltImage:
     assert built.layers[0].blob.size > 2 * CUT
     push_image(shared_registry.url, REPO, "t", built)
     return built
-
-
-@pytest.fixture
-def proxy(shared_registry: RunningRegistry) -> Iterator[FaultProxy]:
-    with FaultProxy(shared_registry.url) as running:
-        yield running
 
 
 def ref(proxy: FaultProxy) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -59,12 +59,6 @@ def image(shared_registry: RunningRegistry) -> BuiltImage:
     )
     push_image(shared_registry.url, REPO, "t", built)
     return built
-
-
-@pytest.fixture
-def proxy(shared_registry: RunningRegistry) -> Iterator[FaultProxy]:
-    with FaultProxy(shared_registry.url) as running:
-        yield running
 
 
 def manifest_doc(image: BuiltImage) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,12 +36,6 @@ def image(shared_registry: RunningRegistry) -> BuiltImage:
     )
     push_image(shared_registry.url, REPO, "t", built)
     return built
-
-
-@pytest.fixture
-def proxy(shared_registry: RunningRegistry) -> Iterator[FaultProxy]:
-    with FaultProxy(shared_registry.url) as running:
-        yield running
 
 
 def wait_for_request(proxy: FaultProxy, path_contains: str) -> None:

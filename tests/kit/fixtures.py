@@ -9,6 +9,7 @@ the name of the ``make`` target that installs it; nothing here skips.
   a repository name of your own.
 - ``shared_standard_image``: ``standard_image(0)`` pushed once to the shared registry.
 - ``basic_auth_registry``: htpasswd auth, user ``tester`` with a generated password.
+- ``proxy``: a ``FaultProxy`` in front of the shared registry (faults added per test).
 - ``registry_factory``: start more registries in one test (a pull-through cache in front
   of an upstream, say); all are stopped at teardown.
 """
@@ -23,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from tests.kit.faultproxy import FaultProxy
 from tests.kit.images import BuiltImage, push_image, standard_image
 from tests.kit.registry import (
     BasicAuthRegistry,
@@ -80,6 +82,13 @@ def shared_standard_image(shared_registry: RunningRegistry) -> PushedImage:
     image = standard_image(0)
     push_image(shared_registry.url, "std/image", "v1", image)
     return PushedImage(shared_registry, "std/image", "v1", image)
+
+
+@pytest.fixture
+def proxy(shared_registry: RunningRegistry) -> Iterator[FaultProxy]:
+    """A fault-injecting proxy in front of the shared registry; no faults until added."""
+    with FaultProxy(shared_registry.url) as running:
+        yield running
 
 
 @pytest.fixture
