@@ -139,6 +139,62 @@ def oci_manifest_for(manifest: ImageManifest) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
+class LayerRecord:
+    """What the store knows of a layer it verified: the verdict, and the compression it
+    was inflated as (the diff_id holds only for that)."""
+
+    verdict: LayerVerdict
+    compression: str | None
+
+    def vouches_for(
+        self, descriptor: Descriptor, diff_id: Digest | None, stored: int | None
+    ) -> bool:
+        """True when this record covers ``descriptor`` with ``diff_id`` and the blob file
+        (``stored`` bytes, None if absent) is still whole."""
+        compression = mt.layer_compression(descriptor.media_type)
+        return (
+            diff_id is not None
+            and self.verdict.diff_id == diff_id
+            and compression is not None
+            and self.compression == compression.value
+            and self.verdict.compressed_size == descriptor.size
+            and stored == descriptor.size
+        )
+
+
+def blob_path(root: Path, digest: Digest) -> Path:
+    return root / "blobs" / digest.algorithm / digest.hex
+
+
+def layer_record_path(root: Path, digest: Digest) -> Path:
+    return root / SIDECAR / "layers" / digest.algorithm / f"{digest.hex}.json"
+
+
+def read_layer_record(root: Path, digest: Digest) -> LayerRecord | None:
+    """The stored record, or None when absent or unreadable (then the blob is fetched)."""
+    try:
+        doc = load_json_object(layer_record_path(root, digest).read_bytes(), "layer record")
+        verdict = LayerVerdict(
+            digest=parse_digest(str(doc["digest"])),
+            diff_id=parse_digest(str(doc["diff_id"])),
+            compressed_size=int(doc["size"]),
+            uncompressed_size=int(doc["uncompressed_size"]),
+        )
+    except (OSError, KeyError, ValueError, TypeError, PullVerifyError):
+        return None
+    compression = doc.get("compression")
+    return LayerRecord(verdict, compression if isinstance(compression, str) else None)
+
+
+def stored_size(root: Path, digest: Digest) -> int | None:
+    """The size of a stored blob's file, or None when there is none."""
+    try:
+        return blob_path(root, digest).stat().st_size
+    except FileNotFoundError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
 class StoredImage:
     """One ``index.json`` entry as ``puller images`` and the docker-archive writer need it."""
 
@@ -188,10 +244,7 @@ class LayoutStore:
     # -- paths --------------------------------------------------------------------------
 
     def blob_path(self, digest: Digest) -> Path:
-        return self.root / "blobs" / digest.algorithm / digest.hex
-
-    def _layer_record_path(self, digest: Digest) -> Path:
-        return self.root / SIDECAR / "layers" / digest.algorithm / f"{digest.hex}.json"
+        return blob_path(self.root, digest)
 
     def _temp_path(self, final: Path) -> Path:
         # Same directory as the final name, so the rename is atomic; never a valid digest.
@@ -260,25 +313,18 @@ class LayoutStore:
             return None
 
     def _forget(self, digest: Digest) -> None:
-        for path in (self.blob_path(digest), self._layer_record_path(digest)):
+        for path in (self.blob_path(digest), layer_record_path(self.root, digest)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
     def _stored_record(self, desc: Descriptor, diff_id: Digest | None) -> LayerVerdict | None:
-        """The layer's record if its blob is stored whole and was verified with ``diff_id``."""
-        record = self._read_layer_record(desc.digest)
-        if record is None or diff_id is None or record.diff_id != diff_id:
+        """The layer's verdict if its blob is stored whole and was verified as this layer."""
+        record = read_layer_record(self.root, desc.digest)
+        if record is None or not record.vouches_for(
+            desc, diff_id, stored_size(self.root, desc.digest)
+        ):
             return None
-        compression = mt.layer_compression(desc.media_type)
-        if compression is None or self._recorded_compression(desc.digest) != compression.value:
-            return None
-        try:
-            size = self.blob_path(desc.digest).stat().st_size
-        except FileNotFoundError:
-            return None
-        if size != desc.size or record.compressed_size != desc.size:
-            return None
-        return record
+        return record.verdict
 
     async def open_blob(self, descriptor: Descriptor) -> BlobWriter:
         final = self.blob_path(descriptor.digest)
@@ -307,7 +353,7 @@ class LayoutStore:
             raise write_failure(path, exc) from exc
 
     def _record_layer(self, verdict: LayerVerdict, descriptor: Descriptor) -> None:
-        path = self._layer_record_path(verdict.digest)
+        path = layer_record_path(self.root, verdict.digest)
         compression = mt.layer_compression(descriptor.media_type)
         doc = {
             "digest": str(verdict.digest),
@@ -324,27 +370,6 @@ class LayoutStore:
         except OSError as exc:
             raise write_failure(path, exc) from exc
         self._pending.verdicts[verdict.digest] = verdict
-
-    def _recorded_compression(self, digest: Digest) -> str | None:
-        try:
-            doc = load_json_object(self._layer_record_path(digest).read_bytes(), "layer record")
-        except (OSError, PullVerifyError):
-            return None
-        value = doc.get("compression")
-        return value if isinstance(value, str) else None
-
-    def _read_layer_record(self, digest: Digest) -> LayerVerdict | None:
-        """The stored record, or None when absent or unreadable (then the blob is fetched)."""
-        try:
-            doc = load_json_object(self._layer_record_path(digest).read_bytes(), "layer record")
-            return LayerVerdict(
-                digest=parse_digest(str(doc["digest"])),
-                diff_id=parse_digest(str(doc["diff_id"])),
-                compressed_size=int(doc["size"]),
-                uncompressed_size=int(doc["uncompressed_size"]),
-            )
-        except (OSError, KeyError, ValueError, TypeError, PullVerifyError):
-            return None
 
     def _finish_sync(self, reference: str, top: Descriptor) -> list[StoredImage]:
         ref = parse_reference(reference)
@@ -591,7 +616,7 @@ def _digest_or_none(text: str | None) -> Digest | None:
 
 
 def read_blob(root: Path, digest: Digest, limit: int) -> bytes:
-    path = root / "blobs" / digest.algorithm / digest.hex
+    path = blob_path(root, digest)
     try:
         data = _read_bounded(path, limit)
     except FileNotFoundError:

@@ -155,10 +155,10 @@ async def inspect_remote(
 
 def local_doc(store: Path, reference: Reference) -> dict[str, Any]:
     """The same document from the store: blobs re-hashed as read, layer facts as recorded."""
-    from puller.errors import NotFound
+    from puller.errors import DiffIDMismatch, InvalidContent, NotFound
     from puller.imageconfig import MAX_CONFIG_BYTES, parse_config
     from puller.manifest import MAX_MANIFEST_BYTES, ImageManifest, parse_manifest
-    from puller.store import read_blob, read_store
+    from puller.store import read_blob, read_layer_record, read_store, stored_size
 
     wanted = str(reference)
     matches = [
@@ -177,8 +177,6 @@ def local_doc(store: Path, reference: Reference) -> dict[str, Any]:
         config_data = read_blob(store, manifest.config.digest, MAX_CONFIG_BYTES)
         config = parse_config(config_data)
         if len(config.diff_ids) != len(manifest.layers):
-            from puller.errors import InvalidContent
-
             raise InvalidContent(
                 f"stored config {manifest.config.digest}: {len(config.diff_ids)} diff_ids for "
                 f"{len(manifest.layers)} layers"
@@ -188,31 +186,28 @@ def local_doc(store: Path, reference: Reference) -> dict[str, Any]:
         # was written and still holds it whole; `pull-verify --store DIR --reverify` re-hashes.
         all_recorded = True
         for i, desc in enumerate(manifest.layers):
-            record = _layer_record(store, str(desc.digest))
-            algorithm, _, hex_part = str(desc.digest).partition(":")
-            blob = store / "blobs" / algorithm / hex_part
-            if not record or not blob.is_file() or blob.stat().st_size != desc.size:
-                all_recorded = False
-            diff_id = config.diff_ids[i] if i < len(config.diff_ids) else None
-            recorded_diff = record.get("diff_id")
-            if diff_id is not None and recorded_diff not in (None, str(diff_id)):
-                from puller.errors import DiffIDMismatch
-
+            diff_id = config.diff_ids[i]
+            record = read_layer_record(store, desc.digest)
+            if record is not None and record.verdict.diff_id != diff_id:
                 raise DiffIDMismatch(
-                    f"stored layer {desc.digest}: recorded diff_id {recorded_diff} is not the "
-                    f"config's {diff_id}",
+                    f"stored layer {desc.digest}: recorded diff_id {record.verdict.diff_id} "
+                    f"is not the config's {diff_id}",
                     subject=f"stored layer {desc.digest}",
                     expected=str(diff_id),
-                    actual=str(recorded_diff),
+                    actual=str(record.verdict.diff_id),
                 )
-            uncompressed = record.get("uncompressed_size")
+            if record is None or not record.vouches_for(
+                desc, diff_id, stored_size(store, desc.digest)
+            ):
+                all_recorded = False
+            uncompressed = record.verdict.uncompressed_size if record else None
             layers.append(
                 _layer_doc(
                     desc.media_type,
                     str(desc.digest),
-                    str(diff_id) if diff_id else None,
+                    str(diff_id),
                     desc.size,
-                    uncompressed if isinstance(uncompressed, int) else None,
+                    uncompressed,
                 )
             )
         sizes = [layer["uncompressed_size"] for layer in layers]
@@ -239,17 +234,6 @@ def local_doc(store: Path, reference: Reference) -> dict[str, Any]:
         "images": images,
         "error": None,
     }
-
-
-def _layer_record(store: Path, digest: str) -> dict[str, Any]:
-    """The store's record of a layer it verified (``pull-verify/layers/<alg>/<hex>.json``)."""
-    algorithm, _, hex_part = digest.partition(":")
-    path = store / "pull-verify" / "layers" / algorithm / f"{hex_part}.json"
-    try:
-        doc = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
 
 
 def inspect_command(
