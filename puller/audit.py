@@ -64,7 +64,7 @@ from puller.imageconfig import parse_config
 from puller.manifest import Descriptor, ImageIndex, ImageManifest, parse_manifest
 from puller.pull import Puller, PullOptions, connect, fetch_config
 from puller.reference import Reference, parse_reference
-from puller.registry import RegistryClient
+from puller.registry import RegistryClient, retry_after_seconds
 from puller.report import LayerResult
 from puller.transport import open_session
 
@@ -359,15 +359,6 @@ class HostGate:
             self._good_since = 0
 
 
-def _retry_after_seconds(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
-
-
 class GatedClient(RegistryClient):
     """A registry client that tells its host's gate about every 429 it meets."""
 
@@ -376,7 +367,7 @@ class GatedClient(RegistryClient):
     def _note_rate_limit(self, resp: aiohttp.ClientResponse) -> None:
         super()._note_rate_limit(resp)
         if resp.status == 429:
-            self.gate.saw_rate_limit(_retry_after_seconds(resp.headers.get("Retry-After")))
+            self.gate.saw_rate_limit(retry_after_seconds(resp.headers.get("Retry-After")))
 
 
 class Connections:

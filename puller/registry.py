@@ -85,7 +85,7 @@ async def read_bounded(resp: aiohttp.ClientResponse, limit: int, what: str) -> b
     return b"".join(parts)
 
 
-def _retry_after(value: str | None) -> float | None:
+def retry_after_seconds(value: str | None) -> float | None:
     """Seconds to wait from ``Retry-After``: delay-seconds or an HTTP-date (RFC 9110)."""
     if value is None:
         return None
@@ -217,7 +217,7 @@ class RegistryClient:
                 status=status,
                 codes=codes,
                 retryable=True,
-                retry_after=_retry_after(resp.headers.get("Retry-After")),
+                retry_after=retry_after_seconds(resp.headers.get("Retry-After")),
             )
         retryable = status >= 500 or status == 408
         return RegistryError(
@@ -225,7 +225,7 @@ class RegistryClient:
             status=status,
             codes=codes,
             retryable=retryable,
-            retry_after=_retry_after(resp.headers.get("Retry-After")) if retryable else None,
+            retry_after=retry_after_seconds(resp.headers.get("Retry-After")) if retryable else None,
         )
 
     # -- API calls ----------------------------------------------------------------------------
