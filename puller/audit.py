@@ -62,6 +62,7 @@ from puller.findings import (
 )
 from puller.imageconfig import parse_config
 from puller.manifest import Descriptor, ImageIndex, ImageManifest, parse_manifest
+from puller.mediatypes import layer_compression
 from puller.pull import Puller, PullOptions, connect, fetch_config
 from puller.reference import Reference, parse_reference
 from puller.registry import RegistryClient, retry_after_seconds
@@ -122,6 +123,16 @@ class ResolvedImage:
     layers: tuple[LayerRef, ...]
 
 
+# A layer blob is judged per (host, digest, compression): two manifests may name the same
+# bytes with different layer types, and each claim must be checked as what it says.
+BlobKey = tuple[str, str, str]
+
+
+def blob_key(host: str, digest: str, media_type: str) -> BlobKey:
+    compression = layer_compression(media_type)
+    return (host, digest, compression.value if compression else media_type)
+
+
 @dataclass(frozen=True, slots=True)
 class BlobTask:
     host: str
@@ -129,6 +140,10 @@ class BlobTask:
     digest: str
     size: int
     media_type: str
+
+    @property
+    def key(self) -> BlobKey:
+        return blob_key(self.host, self.digest, self.media_type)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +161,11 @@ class BlobOutcome:
     diff_id: str = ""  # the actual diff_id of a verified layer
     bytes_read: int = 0
     cached: bool = False
+    compression: str = ""  # how a layer was inflated: its diff_id holds only for that
+
+    @property
+    def key(self) -> BlobKey:
+        return (self.host, self.digest, self.compression)
 
     @property
     def ok(self) -> bool:
@@ -707,11 +727,11 @@ async def resolve_images(
 
 
 def distinct_blobs(images: Iterable[ResolvedImage]) -> list[BlobTask]:
-    """One task per (host, digest), in first-seen order, however many images share it."""
-    seen: dict[tuple[str, str], BlobTask] = {}
+    """One task per blob key, in first-seen order, however many images share it."""
+    seen: dict[BlobKey, BlobTask] = {}
     for image in images:
         for layer in image.layers:
-            key = (image.host, layer.digest)
+            key = blob_key(image.host, layer.digest, layer.media_type)
             if key not in seen:
                 seen[key] = BlobTask(
                     image.host, image.repository, layer.digest, layer.size, layer.media_type
@@ -725,12 +745,20 @@ def split_cached(
     cached: list[BlobOutcome] = []
     todo: list[BlobTask] = []
     for task in tasks:
-        hit = cache.lookup(task.host, task.digest, task.size) if cache is not None else None
+        host, digest, compression = task.key
+        hit = cache.lookup(host, digest, compression, task.size) if cache is not None else None
         if hit is None:
             todo.append(task)
         else:
             cached.append(
-                BlobOutcome(task.host, task.digest, task.size, diff_id=hit.diff_id, cached=True)
+                BlobOutcome(
+                    host,
+                    digest,
+                    task.size,
+                    diff_id=hit.diff_id,
+                    cached=True,
+                    compression=compression,
+                )
             )
     return cached, todo
 
@@ -754,7 +782,7 @@ async def _verify_one(conns: Connections, task: BlobTask) -> BlobOutcome:
         verdict = layer.verdict
         if verdict is None:  # pragma: no cover - _fetch_layer sets it or raises
             raise RegistryError(f"layer {task.digest}: not verified")
-        return BlobOutcome(
+        outcome = BlobOutcome(
             task.host,
             task.digest,
             task.size,
@@ -762,7 +790,8 @@ async def _verify_one(conns: Connections, task: BlobTask) -> BlobOutcome:
             bytes_read=verdict.compressed_size,
         )
     except PullVerifyError as exc:
-        return error_outcome(task.host, task.digest, task.size, exc)
+        outcome = error_outcome(task.host, task.digest, task.size, exc)
+    return dataclasses.replace(outcome, compression=task.key[2])
 
 
 async def verify_blobs(
@@ -830,11 +859,12 @@ def layer_findings(
 
 def layer_uses(
     images: Iterable[ResolvedImage],
-) -> dict[tuple[str, str], list[tuple[ResolvedImage, LayerRef]]]:
-    uses: dict[tuple[str, str], list[tuple[ResolvedImage, LayerRef]]] = {}
+) -> dict[BlobKey, list[tuple[ResolvedImage, LayerRef]]]:
+    uses: dict[BlobKey, list[tuple[ResolvedImage, LayerRef]]] = {}
     for image in images:
         for layer in image.layers:
-            uses.setdefault((image.host, layer.digest), []).append((image, layer))
+            key = blob_key(image.host, layer.digest, layer.media_type)
+            uses.setdefault(key, []).append((image, layer))
     return uses
 
 
@@ -860,12 +890,13 @@ async def run_audit(
     findings: list[Finding] = [*early_findings, *resolution.findings]
 
     def take(outcome: BlobOutcome) -> None:
+        host, digest, compression = outcome.key
         if cache is not None and not outcome.cached:
             if outcome.ok:
-                cache.record(outcome.host, outcome.digest, outcome.size, outcome.diff_id)
+                cache.record(host, digest, compression, outcome.size, outcome.diff_id)
             else:
-                cache.forget(outcome.host, outcome.digest)
-        for finding in layer_findings(outcome, uses.get((outcome.host, outcome.digest), [])):
+                cache.forget(host, digest, compression)
+        for finding in layer_findings(outcome, uses.get(outcome.key, [])):
             findings.append(finding)
             observer.finding(finding)
         observer.advance()

@@ -3,9 +3,10 @@
 Layer: I/O (a local SQLite file; synchronous: each call is a sub-millisecond statement).
 Only verified blobs are recorded, each committed as soon as it verified, so an audit that
 is interrupted resumes where it stopped. A failed blob is never recorded: it is fetched
-again next time. Keyed by host and digest: a blob verified on one mirror says nothing
-about another. The actual diff_id is kept, since images disagreeing about a layer's
-diff_id is a finding the join makes without fetching the layer again.
+again next time. Keyed by host, digest and compression: a blob verified on one mirror
+says nothing about another, nor one inflated as gzip about the same bytes named zstd.
+The actual diff_id is kept, since images disagreeing about a layer's diff_id is a
+finding the join makes without fetching the layer again.
 """
 
 from __future__ import annotations
@@ -20,14 +21,17 @@ from typing import Self
 
 from puller.errors import UsageError
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS verified_blobs (
+_TABLE = "verified_blobs"
+_COLUMNS = ("host", "digest", "compression", "size", "diff_id", "verified_at")
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {_TABLE} (
     host TEXT NOT NULL,
     digest TEXT NOT NULL,
+    compression TEXT NOT NULL,
     size INTEGER NOT NULL,
     diff_id TEXT NOT NULL,
     verified_at REAL NOT NULL,
-    PRIMARY KEY (host, digest)
+    PRIMARY KEY (host, digest, compression)
 )
 """
 
@@ -62,17 +66,23 @@ class AuditCache:
             # at most the last few records (which are simply verified again).
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            columns = tuple(row[1] for row in self._db.execute(f"PRAGMA table_info({_TABLE})"))
+            if columns and columns != _COLUMNS:
+                # A record of another shape cannot say what was verified as what: start over
+                # (the cache only saves work; dropping it costs a re-verification).
+                self._db.execute(f"DROP TABLE {_TABLE}")
             self._db.execute(_SCHEMA)
         except sqlite3.Error as exc:
             raise UsageError(f"cannot use {path} as an audit cache: {exc}") from exc
 
-    def lookup(self, host: str, digest: str, size: int) -> CachedBlob | None:
-        """The record of this blob if it was verified recently enough to be trusted."""
+    def lookup(self, host: str, digest: str, compression: str, size: int) -> CachedBlob | None:
+        """The record of this blob, verified as ``compression``, if recent enough to trust."""
         if self.recheck:
             return None
         row = self._db.execute(
-            "SELECT size, diff_id, verified_at FROM verified_blobs WHERE host=? AND digest=?",
-            (host, digest),
+            "SELECT size, diff_id, verified_at FROM verified_blobs "
+            "WHERE host=? AND digest=? AND compression=?",
+            (host, digest, compression),
         ).fetchone()
         if row is None:
             return None
@@ -83,16 +93,19 @@ class AuditCache:
             return None
         return cached
 
-    def record(self, host: str, digest: str, size: int, diff_id: str) -> None:
+    def record(self, host: str, digest: str, compression: str, size: int, diff_id: str) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO verified_blobs (host, digest, size, diff_id, verified_at) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (host, digest, size, diff_id, self._clock()),
+            "INSERT OR REPLACE INTO verified_blobs "
+            "(host, digest, compression, size, diff_id, verified_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (host, digest, compression, size, diff_id, self._clock()),
         )
 
-    def forget(self, host: str, digest: str) -> None:
+    def forget(self, host: str, digest: str, compression: str) -> None:
         """Drop a record: the blob failed when checked again."""
-        self._db.execute("DELETE FROM verified_blobs WHERE host=? AND digest=?", (host, digest))
+        self._db.execute(
+            "DELETE FROM verified_blobs WHERE host=? AND digest=? AND compression=?",
+            (host, digest, compression),
+        )
 
     def count(self) -> int:
         row = self._db.execute("SELECT COUNT(*) FROM verified_blobs").fetchone()

@@ -540,3 +540,24 @@ def test_a_pinned_tag_that_moved_is_stale_on_a_single_registry(
         new.manifest_digest,
     )
     assert run.summary()["images"] == 1  # what the tag names now is still audited in full
+
+
+def test_a_blob_named_under_two_layer_types_is_checked_as_each(
+    registry: RunningRegistry, tmp_path: Path
+) -> None:
+    tar = make_tar({"same.bin": random_bytes(20_000, 81)})
+    honest = build_image([LayerSpec(tar)], fmt="oci")
+    mislabelled = build_image(
+        [LayerSpec(tar, media_type="application/vnd.oci.image.layer.v1.tar+zstd")], fmt="oci"
+    )
+    assert honest.layers[0].digest == mislabelled.layers[0].digest  # one blob, two claims
+    push_image(registry.url, "types/honest", "v1", honest)
+    push_image(registry.url, "types/zstd", "v1", mislabelled)
+    refs = f"{registry.host}/types/honest:v1\n{registry.host}/types/zstd:v1\n"
+    cache = tmp_path / "audit.db"
+    for _ in range(2):  # the second run reads the cache: it must keep the claims apart too
+        run = audit("-", "--json", "--cache", str(cache), stdin=refs)
+        assert run.exit_code == 1, run.stdout + run.stderr
+        [finding] = run.findings()
+        assert finding["reference"].endswith("types/zstd:v1")
+        assert (finding["kind"], finding["detail"]) == ("blob-corrupt", "decompression")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -26,29 +27,30 @@ class Clock:
 def test_a_verified_blob_is_trusted_until_max_age(tmp_path: Path) -> None:
     clock = Clock()
     with AuditCache(tmp_path / "c.db", max_age=3600, clock=clock) as cache:
-        assert cache.lookup(HOST, DIGEST, 10) is None
-        cache.record(HOST, DIGEST, 10, "sha256:diff")
-        hit = cache.lookup(HOST, DIGEST, 10)
+        assert cache.lookup(HOST, DIGEST, "gzip", 10) is None
+        cache.record(HOST, DIGEST, "gzip", 10, "sha256:diff")
+        hit = cache.lookup(HOST, DIGEST, "gzip", 10)
         assert hit is not None
         assert (hit.diff_id, hit.verified_at) == ("sha256:diff", clock.now)
-        assert cache.lookup("other:5000", DIGEST, 10) is None  # another mirror
-        assert cache.lookup(HOST, DIGEST, 11) is None  # another claim about its size
+        assert cache.lookup("other:5000", DIGEST, "gzip", 10) is None  # another mirror
+        assert cache.lookup(HOST, DIGEST, "gzip", 11) is None  # another claim about its size
+        assert cache.lookup(HOST, DIGEST, "zstd", 10) is None  # the same bytes named zstd
         clock.now += 3600
-        assert cache.lookup(HOST, DIGEST, 10) is not None
+        assert cache.lookup(HOST, DIGEST, "gzip", 10) is not None
         clock.now += 1
-        assert cache.lookup(HOST, DIGEST, 10) is None
+        assert cache.lookup(HOST, DIGEST, "gzip", 10) is None
 
 
 def test_records_survive_the_process_and_recheck_ignores_them(tmp_path: Path) -> None:
     db = tmp_path / "c.db"
     with AuditCache(db) as cache:
-        cache.record(HOST, DIGEST, 10, "")
+        cache.record(HOST, DIGEST, "gzip", 10, "")
     with AuditCache(db) as cache:  # a new run, as after an interruption
         assert cache.count() == 1
-        assert cache.lookup(HOST, DIGEST, 10) is not None
+        assert cache.lookup(HOST, DIGEST, "gzip", 10) is not None
     with AuditCache(db, recheck=True) as cache:
-        assert cache.lookup(HOST, DIGEST, 10) is None
-        cache.forget(HOST, DIGEST)
+        assert cache.lookup(HOST, DIGEST, "gzip", 10) is None
+        cache.forget(HOST, DIGEST, "gzip")
         assert cache.count() == 0
 
 
@@ -74,3 +76,19 @@ def test_durations() -> None:
 def test_duration_units_scale(number: int, unit: str) -> None:
     scale = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit]
     assert parse_duration(f"{number}{unit}") == number * scale
+
+
+def test_a_record_of_an_older_shape_is_dropped_not_trusted(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    old = sqlite3.connect(str(db))
+    old.execute(
+        "CREATE TABLE verified_blobs (host TEXT, digest TEXT, size INTEGER, diff_id TEXT, "
+        "verified_at REAL, PRIMARY KEY (host, digest))"
+    )
+    old.execute("INSERT INTO verified_blobs VALUES (?, ?, 10, '', 0)", (HOST, DIGEST))
+    old.commit()
+    old.close()
+    with AuditCache(db) as cache:
+        assert cache.count() == 0
+        cache.record(HOST, DIGEST, "gzip", 10, "")
+        assert cache.lookup(HOST, DIGEST, "gzip", 10) is not None
