@@ -396,12 +396,24 @@ class Puller:
             desc, verdict = layer.descriptor, layer.verdict
             subject = f"layer {desc.digest}"
             if verdict is not None:
+                # A layer taken from a store was checked when it was stored, not now: say so.
+                prefix = "stored-" if layer.skipped else ""
                 image.checks.append(
-                    Check("layer-digest", subject, str(desc.digest), str(verdict.digest), True)
+                    Check(
+                        f"{prefix}layer-digest",
+                        subject,
+                        str(desc.digest),
+                        str(verdict.digest),
+                        True,
+                    )
                 )
                 image.checks.append(
                     Check(
-                        "diff-id", subject, str(layer.expected_diff_id), str(verdict.diff_id), True
+                        f"{prefix}diff-id",
+                        subject,
+                        str(layer.expected_diff_id),
+                        str(verdict.diff_id),
+                        True,
                     )
                 )
             elif layer.error is not None and getattr(layer.error, "expected", None):

@@ -316,3 +316,20 @@ def test_usage_errors_are_one_line_with_exit_code_2(
         assert text in lines[0], (args, run.stderr)
         assert "Traceback" not in run.stderr
     assert sorted(p.name for p in busy.iterdir()) == ["notes.txt"]
+
+
+def test_json_tells_a_layer_taken_from_the_store_from_one_checked_now(
+    shared_registry: RunningRegistry, tmp_path: Path
+) -> None:
+    image = standard_image(6, fmt="oci")
+    push_image(shared_registry.url, "store/json", "v1", image)
+    ref = f"{shared_registry.host}/store/json:v1"
+    store = tmp_path / "store"
+    first = verify("--json", ref, "--store", str(store))
+    again = verify("--json", ref, "--store", str(store))
+    assert (first.exit_code, again.exit_code) == (0, 0)
+    names = [{c["name"] for c in run.json()["images"][0]["checks"]} for run in (first, again)]
+    assert {"layer-digest", "diff-id"} <= names[0]
+    assert not names[0] & {"stored-layer-digest", "stored-diff-id"}
+    assert {"stored-layer-digest", "stored-diff-id"} <= names[1]
+    assert not names[1] & {"layer-digest", "diff-id"}
