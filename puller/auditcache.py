@@ -57,6 +57,7 @@ class AuditCache:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = path
+        self.problem: str | None = None  # set when the file failed mid-run; then unused
         self.max_age = max_age
         self.recheck = recheck
         self._clock = clock
@@ -77,13 +78,17 @@ class AuditCache:
 
     def lookup(self, host: str, digest: str, compression: str, size: int) -> CachedBlob | None:
         """The record of this blob, verified as ``compression``, if recent enough to trust."""
-        if self.recheck:
+        if self.recheck or self.problem is not None:
             return None
-        row = self._db.execute(
-            "SELECT size, diff_id, verified_at FROM verified_blobs "
-            "WHERE host=? AND digest=? AND compression=?",
-            (host, digest, compression),
-        ).fetchone()
+        try:
+            row = self._db.execute(
+                "SELECT size, diff_id, verified_at FROM verified_blobs "
+                "WHERE host=? AND digest=? AND compression=?",
+                (host, digest, compression),
+            ).fetchone()
+        except sqlite3.Error as exc:
+            self._give_up(exc)
+            return None
         if row is None:
             return None
         cached = CachedBlob(host, digest, int(row[0]), str(row[1]), float(row[2]))
@@ -94,7 +99,7 @@ class AuditCache:
         return cached
 
     def record(self, host: str, digest: str, compression: str, size: int, diff_id: str) -> None:
-        self._db.execute(
+        self._write(
             "INSERT OR REPLACE INTO verified_blobs "
             "(host, digest, compression, size, diff_id, verified_at) VALUES (?, ?, ?, ?, ?, ?)",
             (host, digest, compression, size, diff_id, self._clock()),
@@ -102,10 +107,23 @@ class AuditCache:
 
     def forget(self, host: str, digest: str, compression: str) -> None:
         """Drop a record: the blob failed when checked again."""
-        self._db.execute(
+        self._write(
             "DELETE FROM verified_blobs WHERE host=? AND digest=? AND compression=?",
             (host, digest, compression),
         )
+
+    def _write(self, statement: str, values: tuple[object, ...]) -> None:
+        if self.problem is not None:
+            return
+        try:
+            self._db.execute(statement, values)
+        except sqlite3.Error as exc:
+            self._give_up(exc)
+
+    def _give_up(self, exc: sqlite3.Error) -> None:
+        # The cache only saves work: a file that fails mid-audit (disk full, locked) is
+        # set aside and the audit goes on, verifying everything itself.
+        self.problem = f"{type(exc).__name__}: {exc}"
 
     def count(self) -> int:
         row = self._db.execute("SELECT COUNT(*) FROM verified_blobs").fetchone()

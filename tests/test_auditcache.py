@@ -92,3 +92,13 @@ def test_a_record_of_an_older_shape_is_dropped_not_trusted(tmp_path: Path) -> No
         assert cache.count() == 0
         cache.record(HOST, DIGEST, "gzip", 10, "")
         assert cache.lookup(HOST, DIGEST, "gzip", 10) is not None
+
+
+def test_a_cache_that_fails_mid_run_is_set_aside_not_raised(tmp_path: Path) -> None:
+    cache = AuditCache(tmp_path / "c.db")
+    cache.record(HOST, DIGEST, "gzip", 10, "")
+    cache.close()  # from here every statement fails, as with a vanished or locked file
+    cache.record(HOST, "sha256:" + "1" * 64, "gzip", 10, "")
+    assert cache.problem is not None
+    assert cache.lookup(HOST, DIGEST, "gzip", 10) is None
+    cache.forget(HOST, DIGEST, "gzip")

@@ -188,6 +188,11 @@ def run_audit_command(
     finally:
         if cache is not None:
             cache.close()
+            if cache.problem is not None:
+                err(
+                    f"warning: the audit cache {cache.path} failed and was not used further: "
+                    f"{cache.problem}"
+                )
     from puller.audit import AuditReport
 
     assert isinstance(report, AuditReport)
