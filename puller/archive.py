@@ -28,11 +28,11 @@ from typing import BinaryIO
 import anyio
 
 from puller.digest import Digest
-from puller.errors import DigestMismatch, UsageError
+from puller.errors import DigestMismatch, UsageError, write_failure
 from puller.imageconfig import MAX_CONFIG_BYTES
 from puller.manifest import MAX_MANIFEST_BYTES, Descriptor, ImageManifest, parse_manifest
 from puller.sink import BlobSink, BlobWriter
-from puller.store import LayoutStore, StoredImage, read_blob, write_failure
+from puller.store import LayoutStore, StoredImage, read_blob
 from puller.verify import LayerVerdict
 
 

@@ -195,3 +195,9 @@ def most_severe(errors: list[PullVerifyError]) -> PullVerifyError | None:
     if not errors:
         return None
     return min(errors, key=lambda e: order.get(e.exit_code, 9))
+
+
+def write_failure(path: object, exc: OSError) -> UsageError:
+    """A local file that cannot be written: the user's path or disk, not the image."""
+    reason = exc.strerror or exc.__class__.__name__
+    return UsageError(f"cannot write {path}: {reason}")

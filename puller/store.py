@@ -37,7 +37,7 @@ from aiofiles.threadpool.binary import AsyncBufferedIOBase
 
 from puller import mediatypes as mt
 from puller.digest import Digest, parse_digest
-from puller.errors import IntegrityError, PullVerifyError, UsageError
+from puller.errors import IntegrityError, PullVerifyError, UsageError, write_failure
 from puller.manifest import (
     Descriptor,
     ImageIndex,
@@ -75,12 +75,6 @@ def default_store_path() -> Path:
     base = os.environ.get("XDG_DATA_HOME")
     root = Path(base) if base and Path(base).is_absolute() else Path.home() / ".local" / "share"
     return root / "pull-verify"
-
-
-def write_failure(path: Path, exc: OSError) -> UsageError:
-    """A local file that cannot be written: the user's path or disk, not the image."""
-    reason = exc.strerror or exc.__class__.__name__
-    return UsageError(f"cannot write {path}: {reason}")
 
 
 def _dump(doc: Mapping[str, Any]) -> bytes:

@@ -135,6 +135,14 @@ def test_usage_errors(layered_ref: str, tmp_path: Path) -> None:
     assert "does not exist" in stderr
 
 
+def test_a_destination_that_cannot_be_written_is_one_line_exit_2(layered_ref: str) -> None:
+    # /proc refuses new directories even to root: a real local write failure.
+    code, stderr = cp(f"{layered_ref}:/etc/app", "/proc/pull-verify-test")
+    assert code == 2, stderr
+    assert "cannot write /proc" in stderr
+    assert "Traceback" not in stderr
+
+
 WHY = {
     "dotdot": "climbs out with '..'",
     "absolute": "has an absolute path",

@@ -33,7 +33,7 @@ from puller.commands.registry_verbs import (
     parse_ref,
     run_verb,
 )
-from puller.errors import IntegrityError, PullVerifyError, UsageError
+from puller.errors import IntegrityError, PullVerifyError, UsageError, write_failure
 
 if TYPE_CHECKING:
     from puller.digest import Digest
@@ -66,7 +66,7 @@ class _LayerWriter:
             # Not raised yet: if the bytes are corrupt, the digest mismatch is the real story.
             self._problem = exc
         except OSError as exc:
-            self._problem = PullVerifyError(f"{self._subject}: cannot extract: {exc}")
+            self._problem = write_failure(exc.filename or self._sink.extraction.staging, exc)
 
     async def write(self, chunk: bytes) -> None:
         return None  # the compressed bytes are not kept; their tar arrives via _extract
@@ -173,7 +173,10 @@ def cp_command(
     conn = make_connection(username, password_stdin, insecure, ca_cert, tls_verify, platform)
     # One layer at a time: layer N+1 applies on top of layer N.
     options = build(conn, jobs=1)
-    staging = make_staging(final)
+    try:
+        staging = make_staging(final)
+    except OSError as exc:
+        raise fail(write_failure(final.parent, exc)) from exc
     try:
         extraction = Extraction(staging / "rootfs", wanted)
         extraction.staging.mkdir()
@@ -189,6 +192,8 @@ def cp_command(
             install(extraction.finalize(), final)
         except PullVerifyError as exc:
             raise fail(exc) from exc
+        except OSError as exc:
+            raise fail(write_failure(final, exc)) from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     stats = extraction.stats
