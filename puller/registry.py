@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import SplitResult, urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
@@ -38,7 +38,7 @@ from puller.errors import (
 from puller.manifest import MAX_MANIFEST_BYTES
 from puller.mediatypes import MANIFEST_ACCEPT
 from puller.retry import Attempts, RetryPolicy
-from puller.transport import MAX_ERROR_BODY, translate
+from puller.transport import MAX_ERROR_BODY, host_port, redact_url, translate
 
 MAX_REDIRECTS = 10
 MAX_TAG_PAGES = 10_000
@@ -359,11 +359,11 @@ class RegistryClient:
                 raise RegistryError(f"{what}: redirect without a Location", status=resp.status)
             url = urljoin(str(resp.url), location)
             if url in seen:
-                raise RegistryError(f"{what}: redirect loop at {_redact(url)}")
+                raise RegistryError(f"{what}: redirect loop at {redact_url(url)}")
             seen.add(url)
             target = urlsplit(url)
             if target.scheme not in ("http", "https"):
-                raise RegistryError(f"{what}: redirect to unsupported URL {_redact(url)}")
+                raise RegistryError(f"{what}: redirect to unsupported URL {redact_url(url)}")
             if origin.scheme == "https" and target.scheme == "http":
                 raise TLSError(f"{what}: refusing a redirect from HTTPS to plain HTTP")
             hop_headers = dict(headers)
@@ -383,12 +383,12 @@ class RegistryClient:
                 if nxt.status not in (200, 206):
                     if nxt.status == 404:
                         raise BlobMissing(
-                            f"{what}: redirect target {_redact(url)} answered HTTP 404",
+                            f"{what}: redirect target {redact_url(url)} answered HTTP 404",
                             subject=what,
                             expected="blob present",
                             actual="HTTP 404",
                         )
-                    raise await self.error_for(nxt, f"{what} (redirected to {_host_port(target)})")
+                    raise await self.error_for(nxt, f"{what} (redirected to {host_port(target)})")
                 yield nxt
                 return
             finally:
@@ -477,16 +477,3 @@ def scope_for_url(url: str) -> str:
     if path.startswith("/v2/") and "/blobs/" in path:
         return scope_for(path[len("/v2/") : path.index("/blobs/")])
     return ""
-
-
-def _redact(url: str) -> str:
-    """A URL without user info or query string, which often carry credentials."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{_host_port(parts)}{parts.path}"
-
-
-def _host_port(parts: SplitResult) -> str:
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{host}:{parts.port}" if parts.port else host

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import SplitResult, urlsplit
 
 import aiohttp
 
@@ -199,3 +200,17 @@ def translate(exc: BaseException, what: str) -> PullVerifyError:
     if isinstance(exc, aiohttp.ClientError | OSError):
         return NetworkError(f"{what}: {type(exc).__name__}: {exc}")
     return NetworkError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+def host_port(parts: SplitResult) -> str:
+    """``host[:port]`` of a URL, never its user info."""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{parts.port}" if parts.port else host
+
+
+def redact_url(url: str) -> str:
+    """A URL without user info or query string, which often carry credentials."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{host_port(parts)}{parts.path}"

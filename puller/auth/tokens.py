@@ -30,7 +30,7 @@ import anyio
 
 from puller.auth.challenge import Challenge
 from puller.errors import AuthError, PullVerifyError
-from puller.transport import MAX_ERROR_BODY, translate
+from puller.transport import MAX_ERROR_BODY, redact_url, translate
 
 MAX_TOKEN_RESPONSE = 1 << 20
 DEFAULT_TOKEN_LIFETIME = 60.0  # the spec's default when expires_in is absent
@@ -237,7 +237,7 @@ class Authenticator:
 
     def _realm_name(self) -> str:
         realm = self._challenge.realm if self._challenge else None
-        return _redact(realm) if realm else self.host
+        return redact_url(realm) if realm else self.host
 
     def _lock(self, key: TokenKey) -> anyio.Lock:
         lock = self._locks.get(key)
@@ -267,9 +267,9 @@ class Authenticator:
         service = challenge.service or ""
         parts = urlsplit(realm)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise AuthError(f"{self.host}: token realm {_redact(realm)!r} is not an HTTP URL")
+            raise AuthError(f"{self.host}: token realm {redact_url(realm)!r} is not an HTTP URL")
         credentials = await self._credentials()
-        shown = _redact(realm)
+        shown = redact_url(realm)
         what = f"{self.host}: token request to {shown}"
         if self._refresh_token is not None:
             form = {"grant_type": "refresh_token", "refresh_token": self._refresh_token}
@@ -403,12 +403,3 @@ def _scopes(scope: str, extra: Iterable[str]) -> list[str]:
     wanted = [scope] if scope else []
     wanted.extend(s for s in extra if s and s not in wanted)
     return wanted
-
-
-def _redact(url: str) -> str:
-    """A URL without userinfo or query: what is safe to show."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return f"{parts.scheme}://{host}{parts.path}"
