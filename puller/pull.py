@@ -114,7 +114,12 @@ async def connect(
     """
     # Without --username, the docker config's credentials, looked up on the first challenge.
     lookup = None if options.credentials else partial(docker_credentials, reference.registry)
-    authenticator = Authenticator(reference.api_host, options.credentials, lookup=lookup)
+    authenticator = Authenticator(
+        reference.api_host,
+        options.credentials,
+        lookup=lookup,
+        plain_http=plain_http_allowed(reference, options.transport),
+    )
     client = RegistryClient(
         session, reference.api_host, authenticator=authenticator, retry=options.retry
     )

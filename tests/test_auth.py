@@ -12,9 +12,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import anyio
 import pytest
 
+from puller.auth.challenge import parse_challenges
 from puller.auth.tokens import Authenticator, Credentials
 from puller.errors import AuthError
 from puller.pull import NoProgress, Puller, PullOptions
@@ -264,3 +266,17 @@ def test_secrets_stay_out_of_reprs() -> None:
 
 def test_basic_auth_header_helper_matches_ours() -> None:
     assert Credentials("u", "p").basic_header() == basic_auth_header("u", "p")
+
+
+def test_credentials_never_go_to_a_plain_http_realm_on_another_host() -> None:
+    # Refused before any request: the .invalid realm (RFC 2606) is never resolved or contacted.
+    challenge = parse_challenges('Bearer realm="http://tokens.invalid/token",service="reg"')
+
+    async def ask(auth: Authenticator) -> str:
+        async with aiohttp.ClientSession() as session:
+            return await auth.answer(session, challenge, "repository:a/b:pull")
+
+    strict = Authenticator("registry.example", Credentials("alice", PASSWORD))
+    with pytest.raises(AuthError, match="refusing to send credentials over plain HTTP"):
+        anyio.run(ask, strict)
+    assert strict.token_requests == 0

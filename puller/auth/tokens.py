@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import ipaddress
 import json
 import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import aiohttp
 import anyio
@@ -112,11 +113,15 @@ class Authenticator:
         credentials: Credentials | None = None,
         *,
         lookup: CredentialLookup | None = None,
+        plain_http: bool = False,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.host = host
         self.credentials = credentials
+        # True when the registry itself may be spoken to without TLS (loopback, --insecure):
+        # only then may credentials go to a token realm over plain HTTP on another host.
+        self.plain_http = plain_http
         self._lookup = lookup if credentials is None else None
         self._clock = clock
         self._wall_clock = wall_clock
@@ -271,6 +276,13 @@ class Authenticator:
         credentials = await self._credentials()
         shown = redact_url(realm)
         what = f"{self.host}: token request to {shown}"
+        secret = credentials is not None or self._refresh_token is not None
+        if secret and parts.scheme == "http" and not (self.plain_http or _is_loopback(parts)):
+            raise AuthError(
+                f"{what}: refusing to send credentials over plain HTTP (the realm is not "
+                f"HTTPS; name {self.host} with --insecure if that is really meant)",
+                status=401,
+            )
         if self._refresh_token is not None:
             form = {"grant_type": "refresh_token", "refresh_token": self._refresh_token}
             status, body = await self._post(session, realm, service, scopes, form, what)
@@ -403,3 +415,13 @@ def _scopes(scope: str, extra: Iterable[str]) -> list[str]:
     wanted = [scope] if scope else []
     wanted.extend(s for s in extra if s and s not in wanted)
     return wanted
+
+
+def _is_loopback(parts: SplitResult) -> bool:
+    host = parts.hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
