@@ -494,8 +494,11 @@ class _LayoutBlobWriter:
 
     async def restart(self) -> None:
         f = await self._opened()
-        await f.seek(0)
-        await f.truncate()
+        try:
+            await f.seek(0)
+            await f.truncate()
+        except OSError as exc:
+            raise write_failure(self.temp, exc) from exc
 
     async def commit(self, verdict: LayerVerdict) -> None:
         if verdict.digest != self.desc.digest:
