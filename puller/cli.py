@@ -168,12 +168,12 @@ def build_output_options(
     *, output: Path | None, fmt: str, store: Path | None, keep: bool, reverify: bool
 ) -> OutputOptions | None:
     """Where verified content goes; None keeps plain verification write-free."""
+    if output is None and store is None and not keep and not reverify and fmt == "oci":
+        return None  # and the store module is never imported
     from puller.store import OutputOptions, default_store_path
 
     if store is None and keep:
         store = default_store_path()
-    if output is None and store is None and not reverify and fmt == "oci":
-        return None
     return OutputOptions(output=output, format=fmt, store=store, reverify=reverify)  # type: ignore[arg-type]
 
 

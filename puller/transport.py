@@ -104,7 +104,11 @@ def certificates_for(options: TransportOptions, netloc: str) -> HostCertificates
 
 
 def make_ssl_context(options: TransportOptions, netloc: str | None = None) -> ssl.SSLContext | bool:
-    """The system trust store plus --ca-cert, plus certs.d for ``netloc`` when given."""
+    """The system trust store plus --ca-cert, plus certs.d for ``netloc`` when given.
+
+    ``True`` means nothing to add: aiohttp's own verifying context (built when aiohttp is
+    imported) serves, and loading the system store again would cost ~20 ms per context.
+    """
     if not options.tls_verify:
         return False
     certs = (
@@ -112,6 +116,8 @@ def make_ssl_context(options: TransportOptions, netloc: str | None = None) -> ss
         if netloc is not None
         else HostCertificates(options.ca_files, options.client_cert)
     )
+    if not certs.ca_files and certs.client_cert is None:
+        return True
     context = ssl.create_default_context()
     for ca in certs.ca_files:
         try:
@@ -148,6 +154,8 @@ class _PerHostTLSConnector(aiohttp.TCPConnector):
         if context is None:
             context = make_ssl_context(self._options, netloc)
             self._contexts[netloc] = context
+        if context is True:
+            return super()._get_ssl_context(req)
         assert isinstance(context, ssl.SSLContext)
         return context
 
