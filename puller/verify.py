@@ -34,7 +34,9 @@ from puller.errors import (
 )
 from puller.mediatypes import Compression
 
-OUTPUT_CHUNK = 64 << 10  # inflate at most this much per step, so memory stays bounded
+# Inflate at most this much per step, so memory stays bounded; smaller pieces cost GIL
+# round trips (64 KiB made a single-layer pull ~15% slower).
+OUTPUT_CHUNK = 256 << 10
 _GZIP_MAGIC = b"\x1f\x8b"
 
 Consumer = Callable[[bytes], None]
