@@ -36,10 +36,11 @@ from benchmarks.tools import (
     manual_pipeline,
     pull_verify,
     pull_verify_has_output,
+    run_measured,
     skopeo_copy,
     venv_bin,
 )
-from tests.kit.registry import RegistryConfig, start_registry
+from tests.kit.registry import RegistryConfig, free_port, start_registry
 
 HERE = Path(__file__).resolve().parent
 PRESETS = {
@@ -89,6 +90,23 @@ def help_seconds() -> float:
         subprocess.run([venv_bin("pull-verify"), "--help"], capture_output=True, check=True)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def startup() -> dict[str, float]:
+    """pull-verify doing no work: interpreter, imports, argument parsing, one refused
+    loopback connection. Every pull pays this before its first byte; the limit does not."""
+    port = free_port()  # nothing listens there
+    samples = [
+        run_measured(
+            [venv_bin("pull-verify"), "--retries", "0", "--quiet", f"127.0.0.1:{port}/none:x"]
+        )
+        for _ in range(5)
+    ]
+    return {
+        "wall_s": statistics.median(s.wall for s in samples),
+        "cpu_s": statistics.median(s.cpu for s in samples),
+        "peak_rss_mib": statistics.median(s.rss_mib or 0.0 for s in samples),
+    }
 
 
 def machine() -> dict[str, Any]:
@@ -222,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report["help_seconds"] = help_seconds()
+    report["startup"] = startup()
     report["unavailable"] = unavailable
     rep.write_json(report, args.results / "latest.json")
     table = rep.markdown(report)

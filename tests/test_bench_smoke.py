@@ -53,6 +53,11 @@ def test_harness_reports_every_figure_for_a_tiny_image(tmp_path: Path) -> None:
     # Tools not asked for get no ratio rather than a made-up one.
     assert ratios["wall_vs_skopeo"] is None
     assert isinstance(report["help_seconds"], float)
+    startup = report["startup"]
+    for figure in ("wall_s", "cpu_s", "peak_rss_mib"):
+        assert startup[figure] > 0, figure
     table = (results / "latest.md").read_text()
     assert "| pull-verify |" in table
     assert "in-process limit" in table
+    assert "Without pull-verify's start-up: wall ÷ limit" in table
+    assert "| `pull-verify --help`, s |" in table  # the one target a tiny image can show
