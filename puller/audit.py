@@ -47,6 +47,7 @@ from puller.errors import (
     SizeMismatch,
     UsageError,
 )
+from puller.feed import Crowd
 from puller.findings import (
     BLOB_CORRUPT,
     BLOB_MISSING,
@@ -395,6 +396,8 @@ class Connections:
         self.session = session
         self.settings = settings
         self.jobs = anyio.CapacityLimiter(max(1, settings.jobs))
+        # Blobs still to verify across every registry: they share this machine's cores.
+        self.crowd = Crowd(cores=settings.pull.cpu_threads or None, jobs=settings.jobs)
         self._clients: dict[str, GatedClient | PullVerifyError] = {}
         self._locks: dict[str, anyio.Lock] = {}
         self._pullers: dict[str, Puller] = {}
@@ -443,7 +446,9 @@ class Connections:
 
     async def puller(self, host: str) -> Puller:
         if host not in self._pullers:
-            self._pullers[host] = Puller(await self.client(host), self.settings.pull)
+            self._pullers[host] = Puller(
+                await self.client(host), self.settings.pull, crowd=self.crowd
+            )
         return self._pullers[host]
 
 
@@ -804,11 +809,15 @@ async def verify_blobs(
     async with open_connections(settings) as conns:
 
         async def one(task: BlobTask) -> None:
-            outcome = await _verify_one(conns, task)
+            try:
+                outcome = await _verify_one(conns, task)
+            finally:
+                conns.crowd.unfinished -= 1
             outcomes.append(outcome)
             if on_outcome is not None:
                 on_outcome(outcome)
 
+        conns.crowd.unfinished += len(tasks)
         async with anyio.create_task_group() as tg:
             for task in tasks:
                 tg.start_soon(one, task)

@@ -257,6 +257,7 @@ class Puller:
         *,
         sink: BlobSink | None = None,
         progress: Progress | None = None,
+        crowd: Crowd | None = None,
     ) -> None:
         self.client = client
         self.options = options
@@ -264,7 +265,8 @@ class Puller:
         self.progress: Progress = progress or NoProgress()
         self._jobs = anyio.CapacityLimiter(max(1, options.jobs))
         self._cpu = anyio.CapacityLimiter(max(1, options.cpu_threads or os.cpu_count() or 2))
-        self._crowd = Crowd(cores=options.cpu_threads or None, jobs=options.jobs)
+        # Layers left to verify: one thread each while they outnumber the cores (feed.py).
+        self._crowd = crowd or Crowd(cores=options.cpu_threads or None, jobs=options.jobs)
 
     async def pull(self, reference: Reference) -> PullResult:
         result = PullResult(reference=str(reference))
