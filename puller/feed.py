@@ -57,8 +57,9 @@ class Crowd:
 class _Stage:
     """One thread applying ``work`` to every item of its queue; errors stop the work.
 
-    ``after`` runs when the stage ends; ``first`` is a thread that must end before this
-    one starts on its queue (the stage that handled the earlier chunks).
+    ``after`` runs when the stage ends; ``first`` is the stage that handled the earlier
+    chunks: this one waits for it to end, and does no work if it failed (its chunks would
+    have a gap; the first error is the one ``close()`` raises).
     """
 
     def __init__(
@@ -69,7 +70,7 @@ class _Stage:
         inbox: queue.Queue[bytes] | queue.SimpleQueue[bytes],
         *,
         after: Callable[[], None] | None = None,
-        first: threading.Thread | None = None,
+        first: _Stage | None = None,
     ) -> None:
         self.error: BaseException | None = None
         self.inbox = inbox
@@ -81,10 +82,12 @@ class _Stage:
 
     def _run(self) -> None:
         try:
+            skip = False
             if self._first is not None:
-                self._first.join()
+                self._first.thread.join()
+                skip = self._first.error is not None
             while (item := self.inbox.get()) is not _STOP:
-                if self.error is None:
+                if self.error is None and not skip:
                     try:
                         self._work(item)
                     except BaseException as exc:  # handed to the event loop by close()
@@ -135,7 +138,7 @@ class ThreadedFeeder:
         self._begin([stage], (inbox,))
 
     def _start_split(self) -> None:
-        first = self._stages[-1].thread if self._stages else None
+        first = self._stages[-1] if self._stages else None
         verifier = self._verifier
         pieces: queue.Queue[bytes] = queue.Queue(maxsize=self._max_pieces)
         hashing = _Stage(
