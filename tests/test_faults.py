@@ -7,14 +7,18 @@ failure, its exit code, and that integrity failures were never retried.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 import time
 
+import aiohttp
 import pytest
+from aiohttp.base_protocol import BaseProtocol
 from typer.testing import CliRunner
 
 from puller.cli import verify_app
+from puller.pull import iter_chunks
 from tests.kit.cli import one_line_error, verify
 from tests.kit.faultproxy import Fault, FaultProxy, Rule, html_error_page
 from tests.kit.images import (
@@ -87,6 +91,25 @@ def test_reset_midway_resumes_with_range(proxy: FaultProxy, image: BuiltImage) -
     assert layer["attempts"] == 2
     # A reset may discard what was still in flight; whatever arrived is kept.
     [resumed] = layer["resumed_at"]
+    assert 0 < resumed <= CUT
+    assert blob_gets(proxy, victim) == [None, f"bytes={resumed}-"]
+
+
+def test_a_blob_sent_in_odd_http_chunks_verifies(proxy: FaultProxy, image: BuiltImage) -> None:
+    victim = image.layers[0].digest
+    proxy.add(Rule(Fault.CHUNKED, victim))
+    run = verify("--json", *FAST, ref(proxy))
+    assert run.exit_code == 0, run.stdout + run.stderr
+    assert run.layer(0)["attempts"] == 1
+    assert [r.fault for r in proxy.requests_for(f"/blobs/{victim}")] == [Fault.CHUNKED]
+
+
+def test_a_chunked_body_cut_off_resumes_with_range(proxy: FaultProxy, image: BuiltImage) -> None:
+    victim = image.layers[0].digest
+    proxy.add(Rule(Fault.CHUNKED, victim, after_bytes=CUT))
+    run = verify("--json", *FAST, ref(proxy))
+    assert run.exit_code == 0, run.stdout + run.stderr
+    [resumed] = run.layer(0)["resumed_at"]
     assert 0 < resumed <= CUT
     assert blob_gets(proxy, victim) == [None, f"bytes={resumed}-"]
 
@@ -415,3 +438,25 @@ def test_redirect_ping_pong_between_hosts(
         run = verify(*FAST, ref(proxy))
     assert run.exit_code == 3
     assert "redirect loop" in one_line_error(run)
+
+
+def test_an_http_chunk_end_seen_after_its_data_is_not_the_end_of_the_body() -> None:
+    """aiohttp reports a chunk boundary met after its bytes were read as (b"", True);
+    only (b"", False) ends the body. Timing decides when that happens on a real socket,
+    so the stream reader is driven by hand here."""
+
+    async def main() -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        reader = aiohttp.StreamReader(BaseProtocol(loop), 1 << 16, loop=loop)
+        chunks = iter_chunks(reader)
+        reader.begin_http_chunk_receiving()
+        reader.feed_data(b"first")
+        got = [await anext(chunks)]
+        reader.end_http_chunk_receiving()  # the boundary, after "first" was consumed
+        reader.begin_http_chunk_receiving()
+        reader.feed_data(b"second")
+        reader.end_http_chunk_receiving()
+        reader.feed_eof()
+        return got + [chunk async for chunk in chunks]
+
+    assert asyncio.run(main()) == [b"first", b"second"]

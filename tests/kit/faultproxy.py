@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import socket
 import struct
 import threading
@@ -62,6 +63,9 @@ class Fault(StrEnum):
     WRONG_DIGEST_HEADER = "wrong-digest-header"  # Docker-Content-Digest: `digest_header`
     IGNORE_RANGE = "ignore-range"  # drop the Range header: upstream answers 200, whole body
     WRONG_CONTENT_RANGE = "wrong-content-range"  # 206 body as asked, Content-Range shifted
+    # The real body without Content-Length, in HTTP chunks of odd sizes (a CDN or a proxy
+    # that streams); with `after_bytes`, the connection is reset after that many bytes.
+    CHUNKED = "chunked"
 
 
 @dataclass(slots=True)
@@ -297,6 +301,8 @@ class FaultProxy(Stoppable):
         if fault is Fault.LONG_BODY:
             self._record(request, fault, status)
             return web.Response(status=status, body=data + rule.extra, headers=headers)
+        if fault is Fault.CHUNKED:
+            return await self._chunked(request, rule, status, headers, data)
         if fault is Fault.WRONG_CONTENT_RANGE:
             claimed = headers.get("Content-Range", "")
             headers["Content-Range"] = _shift_content_range(claimed, rule.shift)
@@ -324,6 +330,36 @@ class FaultProxy(Stoppable):
             else:
                 transport.close()
         return resp
+
+    async def _chunked(
+        self,
+        request: web.Request,
+        rule: Rule,
+        status: int,
+        headers: dict[str, str],
+        data: bytes,
+    ) -> web.StreamResponse:
+        headers.pop("Content-Length", None)
+        resp = web.StreamResponse(status=status, headers=headers)
+        resp.enable_chunked_encoding()
+        self._record(request, rule.fault, status)
+        await resp.prepare(request)
+        end = rule.after_bytes or len(data)
+        sizes = itertools.cycle(CHUNK_SIZES)
+        pos = 0
+        while pos < end:
+            piece = data[pos : min(end, pos + next(sizes))]
+            await resp.write(piece)  # aiohttp sends each write as one HTTP chunk
+            pos += len(piece)
+        if rule.after_bytes and request.transport is not None:
+            request.transport.abort()
+            return resp
+        await resp.write_eof()
+        return resp
+
+
+# HTTP chunk sizes for Fault.CHUNKED: tiny, odd, and larger than a socket read.
+CHUNK_SIZES = (1, 7, 4096, 100, 65_537, 300_000)
 
 
 def _forwardable(items: Iterable[tuple[str, str]]) -> dict[str, str]:
