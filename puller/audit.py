@@ -11,6 +11,12 @@ engine): each opens its own session and keeps no live state between calls.
     cached      SQLite record, --max-age    -> BlobOutcome* | BlobTask*
     verify      stream each blob once       -> BlobOutcome*
     join        outcomes x images           -> Finding* per image (pure)
+    present     HEAD each (repository,      -> Finding* per image of that repository
+                layer) no GET went through
+
+A blob is fetched through one repository only, but the registry serves it through another
+only if that repository links it; and a cached blob is not fetched at all. So every other
+(repository, layer) pair, cached ones included, gets a HEAD.
 
 Failures become findings, never cancellation: one image's error does not stop the audit.
 A 429 slows that host down (honouring Retry-After) instead of failing images.
@@ -66,7 +72,7 @@ from puller.manifest import Descriptor, ImageIndex, ImageManifest, parse_manifes
 from puller.mediatypes import layer_compression
 from puller.pull import Puller, PullOptions, connect, fetch_config
 from puller.reference import Reference, parse_reference
-from puller.registry import RegistryClient, retry_after_seconds
+from puller.registry import BlobHead, RegistryClient, retry_after_seconds
 from puller.report import LayerResult
 from puller.transport import open_session
 
@@ -145,6 +151,17 @@ class BlobTask:
     @property
     def key(self) -> BlobKey:
         return blob_key(self.host, self.digest, self.media_type)
+
+
+@dataclass(frozen=True, slots=True)
+class HeadTask:
+    """A layer to ask ``repository`` for with a HEAD: does it serve what its manifests name?"""
+
+    host: str
+    repository: str
+    digest: str
+    size: int
+    media_type: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -878,6 +895,126 @@ def layer_uses(
 
 
 # ---------------------------------------------------------------------------------------
+# Phase 6: each repository serves the layers its manifests name (pure, then HEADs)
+
+# (host, repository, digest): where a layer must be served from
+Placement = tuple[str, str, str]
+
+
+def presence_checks(images: Iterable[ResolvedImage], fetched: Iterable[BlobTask]) -> list[HeadTask]:
+    """One HEAD per (host, repository, layer digest) the images use, first seen first.
+
+    Pairs a GET of this run went through are left out: the GET proved them.
+    """
+    proven = {(t.host, t.repository, t.digest) for t in fetched}
+    checks: dict[Placement, HeadTask] = {}
+    for image in images:
+        for layer in image.layers:
+            where = (image.host, image.repository, layer.digest)
+            if where not in proven and where not in checks:
+                checks[where] = HeadTask(
+                    image.host, image.repository, layer.digest, layer.size, layer.media_type
+                )
+    return list(checks.values())
+
+
+def judge_head(task: HeadTask, answer: BlobHead | PullVerifyError) -> BlobOutcome:
+    """What a HEAD answer (or the error it raised) says about ``task``'s layer."""
+    served_by = f"{task.host}/{task.repository}"
+    if isinstance(answer, PullVerifyError):
+        outcome = error_outcome(task.host, task.digest, task.size, answer)
+        if outcome.kind == BLOB_MISSING:
+            outcome = dataclasses.replace(
+                outcome,
+                expected="blob present",
+                actual="HTTP 404",
+                message=f"layer {task.digest} is not served by {served_by} (HTTP 404), "
+                "though its manifest names it",
+            )
+        return outcome
+    fine = BlobOutcome(task.host, task.digest, task.size)
+    if answer.content_digest is not None:
+        try:
+            claimed = parse_digest(answer.content_digest, what="Docker-Content-Digest")
+        except InvalidContent:
+            claimed = None
+        want = parse_digest(task.digest)
+        # A header in another algorithm says nothing about this digest (as for a GET).
+        if claimed is None or (claimed.algorithm == want.algorithm and claimed != want):
+            return dataclasses.replace(
+                fine,
+                kind=BLOB_CORRUPT,
+                detail="digest",
+                expected=task.digest,
+                actual=answer.content_digest,
+                message=f"{served_by} answers for layer {task.digest} with "
+                f"Docker-Content-Digest {answer.content_digest}",
+            )
+    # No Content-Length (a redirect's is its own body's) leaves only presence to judge.
+    if answer.size is not None and answer.size != task.size:
+        return dataclasses.replace(
+            fine,
+            kind=BLOB_CORRUPT,
+            detail="size",
+            expected=str(task.size),
+            actual=str(answer.size),
+            message=f"{served_by} serves layer {task.digest} as {answer.size} bytes, "
+            f"its manifest says {task.size}",
+        )
+    return fine
+
+
+def presence_findings(
+    outcome: BlobOutcome, uses: Iterable[tuple[ResolvedImage, LayerRef]]
+) -> list[Finding]:
+    """A finding in each image (of the repository asked) that uses a layer not served."""
+    if outcome.ok:
+        return []
+    return [_blob_finding(image.reference, "layer", outcome) for image, _ in uses]
+
+
+def uses_by_placement(
+    images: Iterable[ResolvedImage],
+) -> dict[Placement, list[tuple[ResolvedImage, LayerRef]]]:
+    uses: dict[Placement, list[tuple[ResolvedImage, LayerRef]]] = {}
+    for image in images:
+        for layer in image.layers:
+            uses.setdefault((image.host, image.repository, layer.digest), []).append((image, layer))
+    return uses
+
+
+async def _head_one(conns: Connections, task: HeadTask) -> BlobOutcome:
+    answer: BlobHead | PullVerifyError
+    try:
+        digest = parse_digest(task.digest)
+        answer = await conns.call(task.host, lambda c: c.head_blob(task.repository, digest))
+    except PullVerifyError as exc:
+        answer = exc
+    return judge_head(task, answer)
+
+
+async def check_presence(
+    tasks: Sequence[HeadTask],
+    settings: AuditSettings,
+    on_outcome: Callable[[HeadTask, BlobOutcome], None] | None = None,
+) -> list[BlobOutcome]:
+    """HEAD each task's layer in its repository; ``on_outcome`` sees each as it is known."""
+    outcomes: list[BlobOutcome] = []
+    async with open_connections(settings) as conns:
+
+        async def one(task: HeadTask) -> None:
+            outcome = await _head_one(conns, task)
+            outcomes.append(outcome)
+            if on_outcome is not None:
+                on_outcome(task, outcome)
+
+        async with anyio.create_task_group() as tg:
+            for task in tasks:
+                tg.start_soon(one, task)
+    return outcomes
+
+
+# ---------------------------------------------------------------------------------------
 # The whole run
 
 
@@ -914,6 +1051,23 @@ async def run_audit(
     for outcome in cached:
         take(outcome)
     fetched = await verify_blobs(todo, settings, take)
+
+    heads = presence_checks(resolution.images, todo)
+    placed = uses_by_placement(resolution.images)
+    # An image already told about a layer by its GET is not told again by a HEAD.
+    told = {(f.reference, f.subject) for f in findings}
+
+    def judge(task: HeadTask, outcome: BlobOutcome) -> None:
+        for finding in presence_findings(
+            outcome, placed[(task.host, task.repository, task.digest)]
+        ):
+            if (finding.reference, finding.subject) not in told:
+                findings.append(finding)
+                observer.finding(finding)
+        observer.advance()
+
+    observer.phase("checking blobs in each repository", len(heads))
+    await check_presence(heads, settings, judge)
     configs = resolution.configs
     bytes_fetched = sum(o.bytes_read for o in fetched) + sum(o.bytes_read for o in configs)
     summary = Summary(
@@ -924,6 +1078,7 @@ async def run_audit(
         blobs_fetched=len(fetched) + len(configs),
         blobs_cached=len(cached),
         bytes_fetched=bytes_fetched,
+        blobs_headed=len(heads),
         findings_by_kind=count_by_kind(findings),
         seconds=clock() - started,
         exit_code=exit_code_for(findings),

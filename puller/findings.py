@@ -8,7 +8,7 @@ Kinds, each its own (the exit code they lead to in brackets):
     tag-missing        [1] upstream has the tag, the mirror does not serve it
     stale-digest       [1] the mirror's tag names another manifest than upstream's
     manifest-mismatch  [1] manifest bytes do not hash to their digest / Docker-Content-Digest
-    blob-missing       [1] a blob the manifest names is not served
+    blob-missing       [1] a blob the manifest names is not served (by its repository)
     blob-corrupt       [1] a blob is served wrong: detail says digest, size, decompression,
                            diff-id, or content (a malformed config)
     registry-error     [3] the registry refused or did not have what we asked (image unchecked)
@@ -117,6 +117,7 @@ class Summary:
     findings_by_kind: Mapping[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     exit_code: int = EXIT_OK
+    blobs_headed: int = 0  # (repository, layer) pairs asked for with a HEAD, not fetched
 
     @property
     def findings(self) -> int:
@@ -143,6 +144,7 @@ def summary_json(summary: Summary) -> dict[str, Any]:
         "blobs": summary.blobs,
         "blobs_fetched": summary.blobs_fetched,
         "blobs_cached": summary.blobs_cached,
+        "blobs_headed": summary.blobs_headed,
         "bytes_fetched": summary.bytes_fetched,
         "findings": summary.findings,
         "findings_by_kind": dict(summary.findings_by_kind),
@@ -164,11 +166,13 @@ def summary_lines(summary: Summary) -> list[str]:
     by_kind = ", ".join(f"{kind} {n}" for kind, n in summary.findings_by_kind.items())
     noun = "finding" if summary.findings == 1 else "findings"
     status = "clean" if summary.findings == 0 else f"{summary.findings} {noun} ({by_kind})"
+    headed = f", {summary.blobs_headed} checked per repository (HEAD)"
     return [
         f"Audited {summary.references} references, {summary.images} images"
         + (f" ({summary.unchecked} could not be checked)" if summary.unchecked else ""),
         f"Blobs: {summary.blobs} distinct, {summary.blobs_fetched} fetched "
-        f"({_size(summary.bytes_fetched)}), {summary.blobs_cached} verified earlier (cache)",
+        f"({_size(summary.bytes_fetched)}), {summary.blobs_cached} verified earlier (cache)"
+        + (headed if summary.blobs_headed else ""),
         f"Status: {status} in {summary.seconds:.1f}s",
     ]
 

@@ -42,6 +42,7 @@ def _summary_rows(summary: Summary) -> list[str]:
         ("Distinct blobs", str(summary.blobs)),
         ("Blobs fetched", str(summary.blobs_fetched)),
         ("Blobs verified earlier (cache)", str(summary.blobs_cached)),
+        ("Layers checked per repository (HEAD)", str(summary.blobs_headed)),
         ("Bytes fetched", str(summary.bytes_fetched)),
         ("Time", f"{summary.seconds:.1f} s"),
         ("Exit code", str(summary.exit_code)),

@@ -41,6 +41,7 @@ from puller.retry import Attempts, RetryPolicy
 from puller.transport import MAX_ERROR_BODY, host_port, redact_url, translate
 
 MAX_REDIRECTS = 10
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 MAX_TAG_PAGES = 10_000
 _LINK_RE = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 
@@ -60,6 +61,15 @@ class ManifestHead:
     content_digest: str | None
     content_type: str | None
     size: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class BlobHead:
+    """What a HEAD of a blob in one repository claimed: unverified, as sent."""
+
+    size: int | None  # Content-Length of a 200; None for a redirect or when not sent
+    content_digest: str | None  # the Docker-Content-Digest header, as sent
+    redirected: bool  # answered 3xx: the repository serves it from elsewhere
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,7 +330,7 @@ class RegistryClient:
         async with self._exchange(
             "GET", url, scope=scope_for(repository), what=what, headers=headers
         ) as resp:
-            if resp.status in (301, 302, 303, 307, 308):
+            if resp.status in REDIRECT_STATUSES:
                 async with self._follow(resp, headers, what) as final:
                     check_blob_content_digest(final, digest, what)
                     yield final
@@ -328,6 +338,33 @@ class RegistryClient:
             await self._check_blob_status(resp, what, digest)
             check_blob_content_digest(resp, digest, what)
             yield resp
+
+    async def head_blob(self, repository: str, digest: Digest) -> BlobHead:
+        """HEAD of a blob: does ``repository`` serve it? A 404 raises ``BlobMissing``.
+
+        A redirect is not followed: the registry checks the repository before it redirects
+        to storage, and storage may refuse a HEAD on a URL signed for GET.
+        """
+        what = f"blob {digest} of {self.host}/{repository}"
+        url = f"{self.base_url}/v2/{repository}/blobs/{digest}"
+        # identity: a Content-Length for a compressed transfer would not be the blob's size
+        headers = {"Accept-Encoding": "identity"}
+        attempts = Attempts(self.retry)
+        while True:
+            try:
+                async with self._exchange(
+                    "HEAD", url, scope=scope_for(repository), what=what, headers=headers
+                ) as resp:
+                    content_digest = resp.headers.get("Docker-Content-Digest")
+                    if resp.status in REDIRECT_STATUSES:
+                        # The Content-Length of a redirect is its own body's, not the blob's.
+                        return BlobHead(None, content_digest, redirected=True)
+                    await self._check_blob_status(resp, what, digest)
+                    return BlobHead(resp.content_length, content_digest, redirected=False)
+            except aiohttp.ClientError as exc:
+                await attempts.wait(translate(exc, what))
+            except PullVerifyError as exc:
+                await attempts.wait(exc)
 
     async def _check_blob_status(
         self, resp: aiohttp.ClientResponse, what: str, digest: Digest
@@ -375,7 +412,7 @@ class RegistryClient:
                 nxt = await self.session.get(url, headers=hop_headers, allow_redirects=False)
             except Exception as exc:
                 raise translate(exc, what) from exc
-            if nxt.status in (301, 302, 303, 307, 308):
+            if nxt.status in REDIRECT_STATUSES:
                 nxt.release()
                 resp = nxt
                 continue

@@ -18,10 +18,23 @@ import anyio
 import pytest
 from typer.testing import CliRunner
 
-from puller.audit import AuditSettings, run_audit, targets_from_lines
+from puller.audit import (
+    AuditSettings,
+    BlobTask,
+    HeadTask,
+    LayerRef,
+    ResolvedImage,
+    judge_head,
+    presence_checks,
+    presence_findings,
+    run_audit,
+    targets_from_lines,
+)
 from puller.auditcache import AuditCache
 from puller.cli import app
+from puller.errors import BlobMissing, NetworkError, RegistryError
 from puller.findings import Finding
+from puller.registry import BlobHead
 from tests.kit.client import KitHTTPError, request
 from tests.kit.faultproxy import Fault, FaultProxy, Rule
 from tests.kit.fixtures import RegistryFactory
@@ -561,3 +574,210 @@ def test_a_blob_named_under_two_layer_types_is_checked_as_each(
         [finding] = run.findings()
         assert finding["reference"].endswith("types/zstd:v1")
         assert (finding["kind"], finding["detail"]) == ("blob-corrupt", "decompression")
+
+
+# -- each repository must serve the blobs its manifests name ----------------------------------
+
+
+def delete_layer_link(registry: RunningRegistry, repository: str, digest: str) -> None:
+    """Unlink a layer from one repository: the blob stays stored, and served by the others.
+
+    Restart afterwards: the registry keeps the repository's descriptors in memory too.
+    """
+    hexpart = digest.removeprefix("sha256:")
+    links = registry.storage_root / "docker/registry/v2/repositories" / repository / "_layers"
+    (links / "sha256" / hexpart / "link").unlink()
+
+
+def blob_heads(registry: RunningRegistry, since: int = 0) -> list[tuple[str, str, int]]:
+    """(repository, digest, status) of every blob HEAD in the access log after ``since``."""
+    pattern = re.compile(r'"HEAD /v2/(\S+)/blobs/(sha256:[0-9a-f]{64}) HTTP/[\d.]+" (\d{3})')
+    found: list[tuple[str, str, int]] = []
+    for line in registry.access_log()[since:]:
+        match = pattern.search(line)
+        if match:
+            found.append((match.group(1), match.group(2), int(match.group(3))))
+    return found
+
+
+def test_a_layer_one_repository_does_not_link_is_missing_there(
+    registry: RunningRegistry,
+) -> None:
+    # The same image in two repositories; b loses its link to one layer. `docker pull` of
+    # b fails (BLOB_UNKNOWN) although the blob is stored and served through a.
+    image = family(1, seed=91)[0]
+    push_image(registry.url, "links/a", "1", image)
+    push_image(registry.url, "links/b", "1", image)
+    own = image.layers[1].digest
+    delete_layer_link(registry, "links/b", own)
+    registry.restart()
+    since = len(registry.access_log())
+
+    run = audit("-", "--json", stdin=f"{registry.host}/links/a:1\n{registry.host}/links/b:1\n")
+    assert run.exit_code == 1, run.stdout + run.stderr
+    [missing] = run.findings()
+    assert (missing["reference"], missing["kind"], missing["subject"], missing["host"]) == (
+        f"{registry.host}/links/b:1",
+        "blob-missing",
+        f"layer {own}",
+        registry.host,
+    )
+    assert (missing["expected"], missing["actual"]) == ("blob present", "HTTP 404")
+    assert f"{registry.host}/links/b" in missing["message"]
+    # Each blob is still fetched once; b's layers are asked for with a HEAD, not fetched.
+    gets = blob_gets(registry, since)
+    assert len(gets) == len({d for _, d in gets}) == 3
+    layers = {layer.digest for layer in image.layers}
+    assert {(r, d) for r, d in gets if d in layers} == {("links/a", d) for d in layers}
+    assert {(r, d, s) for r, d, s in blob_heads(registry, since)} == {
+        ("links/b", image.layers[0].digest, 200),
+        ("links/b", own, 404),
+    }
+    assert run.summary()["blobs_headed"] == 2
+
+
+def test_a_cached_layer_the_mirror_lost_is_found_missing_without_fetching_it(
+    registry: RunningRegistry, tmp_path: Path
+) -> None:
+    image = family(1, seed=93)[0]
+    push_image(registry.url, "kept/app", "1", image)
+    refs = f"{registry.host}/kept/app:1\n"
+    cache = tmp_path / "audit.db"
+    first = audit("-", "--json", "--cache", str(cache), stdin=refs)
+    assert first.exit_code == 0, first.stdout + first.stderr
+    assert first.findings() == []
+    own = image.layers[1].digest
+    registry.delete_blob_file(own)
+    registry.restart()  # drop the descriptor cache: presence as on disk
+    since = len(registry.access_log())
+
+    again = audit("-", "--json", "--cache", str(cache), stdin=refs)
+    assert again.exit_code == 1, again.stdout + again.stderr
+    [missing] = again.findings()
+    assert (missing["kind"], missing["subject"]) == ("blob-missing", f"layer {own}")
+    summary = again.summary()
+    assert summary["blobs_cached"] == 2  # both layers trusted: neither is fetched
+    assert summary["blobs_headed"] == 2  # ... yet each is asked for in its repository
+    assert own not in {d for _, d in blob_gets(registry, since)}
+    assert ("kept/app", own, 404) in blob_heads(registry, since)
+
+
+def test_a_layer_lost_by_every_repository_is_one_finding_per_image(
+    registry: RunningRegistry,
+) -> None:
+    # The GET through a already finds the blob gone, for a's image and b's: b's HEAD must
+    # not tell b's image a second time.
+    image = family(1, seed=95)[0]
+    push_image(registry.url, "gone/a", "1", image)
+    push_image(registry.url, "gone/b", "1", image)
+    own = image.layers[1].digest
+    registry.delete_blob_file(own)
+    registry.restart()
+    run = audit("-", "--json", stdin=f"{registry.host}/gone/a:1\n{registry.host}/gone/b:1\n")
+    assert run.exit_code == 1, run.stdout + run.stderr
+    assert sorted((_short(f["reference"]), f["kind"], f["subject"]) for f in run.findings()) == [
+        ("gone/a:1", "blob-missing", f"layer {own}"),
+        ("gone/b:1", "blob-missing", f"layer {own}"),
+    ]
+
+
+def test_head_answers_redirect_lying_header_and_server_error(registry: RunningRegistry) -> None:
+    image = family(1, seed=97)[0]
+    for repo in ("heads/a", "heads/b", "heads/c"):
+        push_image(registry.url, repo, "1", image)
+    base, own = (layer.digest for layer in image.layers)
+    storage = f"http://127.0.0.1:{free_port()}/signed-for-get"  # nothing listens: not followed
+    with FaultProxy(registry.url) as proxy:
+        proxy.add(
+            Rule(Fault.REDIRECT, method="HEAD", path_contains=f"heads/b/blobs/{base}",
+                 location=storage),
+            Rule(Fault.WRONG_DIGEST_HEADER, method="HEAD", path_contains=f"heads/b/blobs/{own}"),
+            Rule(Fault.STATUS, method="HEAD", path_contains=f"heads/c/blobs/{own}", status=500),
+        )  # fmt: skip
+        refs = "".join(f"{proxy.host}/heads/{r}:1\n" for r in "abc")
+        run = audit("-", "--json", "--retries", "0", stdin=refs)
+        heads = [(r.path, r.status) for r in proxy.log if r.method == "HEAD"]
+    assert run.exit_code == 1, run.stdout + run.stderr
+    assert run.kinds() == {
+        ("heads/b:1", "blob-corrupt", "digest"),
+        ("heads/c:1", "registry-error", ""),
+    }
+    lying = next(f for f in run.findings() if f["kind"] == "blob-corrupt")
+    assert (lying["subject"], lying["expected"]) == (f"layer {own}", own)
+    assert lying["actual"] == "sha256:" + "0" * 64
+    assert "HTTP 500" in next(f for f in run.findings() if f["kind"] == "registry-error")["message"]
+    assert (f"/v2/heads/b/blobs/{base}", 307) in heads  # a redirect says "served": fine
+    assert len(heads) == 4  # b and c, each layer once: a's were fetched
+
+
+# -- the presence phase's pure parts ------------------------------------------------------
+
+_GZ = "application/vnd.oci.image.layer.v1.tar+gzip"
+_H = "127.0.0.1:5000"
+_D1, _D2, _D3 = (f"sha256:{c * 64}" for c in "123")
+
+
+def _resolved(repository: str, tag: str, *digests: str, host: str = _H) -> ResolvedImage:
+    layers = tuple(LayerRef(d, 10, _GZ, "") for d in digests)
+    return ResolvedImage(f"{host}/{repository}:{tag}", host, repository, "sha256:m", "",
+                         "sha256:c", layers)  # fmt: skip
+
+
+def test_presence_checks_skip_only_what_a_get_proved_in_that_repository() -> None:
+    images = [
+        _resolved("a", "1", _D1, _D2),
+        _resolved("b", "1", _D1, _D3),
+        _resolved("b", "2", _D1, _D3),  # the same pairs again: asked once
+        _resolved("a", "1", _D1, host="127.0.0.1:5001"),  # another host is another mirror
+    ]
+    fetched = [BlobTask(_H, "a", _D1, 10, _GZ), BlobTask(_H, "a", _D2, 10, _GZ)]  # _D3 cached
+    assert presence_checks(images, fetched) == [
+        HeadTask(_H, "b", _D1, 10, _GZ),
+        HeadTask(_H, "b", _D3, 10, _GZ),
+        HeadTask("127.0.0.1:5001", "a", _D1, 10, _GZ),
+    ]
+    # Nothing fetched (every layer cached): every pair is asked for.
+    assert len(presence_checks(images, [])) == 5
+
+
+def test_judging_a_head_answer() -> None:
+    task = HeadTask(_H, "b", _D1, 10, _GZ)
+
+    def judged(answer: BlobHead | Exception) -> tuple[str, str, str, str]:
+        assert isinstance(answer, BlobHead | BlobMissing | NetworkError | RegistryError)
+        outcome = judge_head(task, answer)
+        return outcome.kind, outcome.detail, outcome.expected, outcome.actual
+
+    fine = ("", "", "", "")
+    assert judged(BlobHead(10, _D1, redirected=False)) == fine
+    assert judged(BlobHead(10, None, redirected=False)) == fine
+    assert judged(BlobHead(None, None, redirected=True)) == fine  # served, from elsewhere
+    assert judged(BlobHead(None, None, redirected=False)) == fine  # no length: presence only
+    assert judged(BlobHead(10, "sha512:" + "0" * 128, redirected=False)) == fine
+    assert judged(BlobHead(9, _D1, redirected=False)) == ("blob-corrupt", "size", "10", "9")
+    assert judged(BlobHead(10, _D2, redirected=True)) == ("blob-corrupt", "digest", _D1, _D2)
+    assert judged(BlobHead(10, "md5:x", redirected=False)) == (
+        "blob-corrupt", "digest", _D1, "md5:x",
+    )  # fmt: skip
+    missing = judge_head(task, BlobMissing("blob gone"))
+    assert (missing.kind, missing.expected, missing.actual) == (
+        "blob-missing", "blob present", "HTTP 404",
+    )  # fmt: skip
+    assert missing.message == (
+        f"layer {_D1} is not served by {_H}/b (HTTP 404), though its manifest names it"
+    )
+    assert judged(NetworkError("reset"))[0] == "network-error"
+    assert judged(RegistryError("boom", status=500))[0] == "registry-error"
+
+
+def test_presence_findings_name_each_image_of_the_repository() -> None:
+    task = HeadTask(_H, "b", _D1, 10, _GZ)
+    uses = [
+        (image, image.layers[0]) for image in (_resolved("b", "1", _D1), _resolved("b", "2", _D1))
+    ]
+    assert presence_findings(judge_head(task, BlobHead(10, _D1, redirected=False)), uses) == []
+    found = presence_findings(judge_head(task, BlobMissing("gone")), uses)
+    assert [(f.reference, f.kind, f.subject, f.host) for f in found] == [
+        (f"{_H}/b:1", "blob-missing", f"layer {_D1}", _H),
+        (f"{_H}/b:2", "blob-missing", f"layer {_D1}", _H),
+    ]
