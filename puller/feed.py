@@ -11,7 +11,7 @@ While at least as many layers are being verified as there are cores, each layer 
 thread: the cores are busy anyway, a tar piece is hashed while it is still in the CPU cache,
 and nothing is handed between threads (hand-offs cost GIL and futex traffic: ~40% of the
 system time of a 4-layer pull). With fewer layers than cores, a layer spreads over three
-threads so that even a single-layer image keeps two cores busy (hashlib, isal and zstandard
+threads so that even a single-layer image keeps two cores busy (hashlib, isal and zstd
 release the GIL). A layer starts in one thread and moves to three, once, as soon as the
 other layers finish; the three threads wait for the first to finish its chunks, so every
 stage still sees every chunk in order.

@@ -16,11 +16,11 @@ wrong is reported as a digest mismatch, since the bytes, not the producer, are a
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-import zstandard
 from isal import igzip_lib
 
 from puller.digest import Digest
@@ -33,6 +33,11 @@ from puller.errors import (
     SizeMismatch,
 )
 from puller.mediatypes import Compression
+
+if sys.version_info >= (3, 14):
+    from compression import zstd
+else:  # the same module, backported
+    from backports import zstd
 
 # Inflate at most this much per step, so memory stays bounded; smaller pieces cost GIL
 # round trips (64 KiB made a single-layer pull ~15% slower).
@@ -150,49 +155,34 @@ class GzipInflater:
 
 
 class ZstdInflater:
-    """One or more zstd frames.
+    """One or more zstd frames (a skippable frame counts as one).
 
-    zstandard's decompressobj returns all output of a call at once, so the input slice is
-    sized from the ratio seen so far: a frame of zeros (ratio ~40000:1) must not expand a
-    megabyte of input into gigabytes of memory.
+    Output per step is capped like gzip's: a block of zeros expands ~30000:1, so a quarter
+    megabyte of input may hold gigabytes; nothing may decode a whole input chunk at once.
     """
 
-    _MIN_SLICE = 1024
-    _MAX_SLICE = 1 << 20
-
     def __init__(self) -> None:
-        self._dctx = zstandard.ZstdDecompressor()
-        self._obj: zstandard.ZstdDecompressionObj | None = None
+        self._frame: zstd.ZstdDecompressor | None = None
         self._frames = 0
-        self._slice = self._MIN_SLICE
 
     def feed(self, data: bytes | memoryview, out: Consumer) -> None:
-        view = memoryview(bytes(data))
-        pos = 0
-        while pos < len(view):
-            if self._obj is None:
-                self._obj = self._dctx.decompressobj()
-            piece = view[pos : pos + self._slice]
-            pos += len(piece)
+        while data or (self._frame is not None and not self._frame.needs_input):
+            if self._frame is None:
+                self._frame = zstd.ZstdDecompressor()
             try:
-                chunk = self._obj.decompress(piece)
-            except zstandard.ZstdError as exc:
+                chunk = self._frame.decompress(data, OUTPUT_CHUNK)
+            except zstd.ZstdError as exc:
                 raise DecompressionError(f"corrupt zstd stream: {exc}") from exc
+            data = b""
             if chunk:
                 out(chunk)
-            ratio = max(1, len(chunk) // max(1, len(piece)))
-            self._slice = max(self._MIN_SLICE, min(self._MAX_SLICE, OUTPUT_CHUNK // ratio))
-            if self._obj.eof:
-                rest = self._obj.unused_data
-                self._obj = None
+            if self._frame.eof:
+                data = self._frame.unused_data  # the start of the next frame, if any
+                self._frame = None
                 self._frames += 1
-                if rest:
-                    # Hand the remainder back to the loop as the start of the next frame.
-                    view = memoryview(bytes(rest) + bytes(view[pos:]))
-                    pos = 0
 
     def finish(self) -> None:
-        if self._obj is not None:
+        if self._frame is not None:
             raise DecompressionError("zstd stream is truncated: its last frame is incomplete")
         if self._frames == 0:
             raise DecompressionError("zstd stream is empty")

@@ -167,10 +167,16 @@ def test_decompression_bomb_stops_at_the_cap() -> None:
     assert verifier.uncompressed_size <= (4 << 20) + OUTPUT_CHUNK
 
 
-def test_zstd_output_per_step_stays_bounded() -> None:
-    """A zstd frame of zeros expands ~40000:1; no single step may hold it all."""
-    raw = b"\0" * (64 << 20)
-    blob = zstandard.ZstdCompressor(level=19).compress(raw)
+@pytest.mark.parametrize(
+    "lead",
+    [b"", os.urandom(600_000)],
+    ids=["zeros", "incompressible-then-zeros"],
+)
+def test_zstd_output_per_step_stays_bounded(lead: bytes) -> None:
+    """A zstd block of zeros expands ~30000:1: a quarter megabyte of input can hold
+    gigabytes. No step may decode more than OUTPUT_CHUNK, however the ratio jumps."""
+    raw = lead + b"\0" * (64 << 20)
+    blob = zstandard.ZstdCompressor(level=3).compress(raw)
     largest = 0
 
     def watch(chunk: bytes) -> None:
@@ -178,9 +184,19 @@ def test_zstd_output_per_step_stays_bounded() -> None:
         largest = max(largest, len(chunk))
 
     verifier = verifier_for(Compression.ZSTD, blob, raw, on_uncompressed=watch)
-    verdict = feed_in(verifier, blob, [])
+    verdict = feed_in(verifier, blob, list(range(0, len(blob), 256 << 10)))
     assert verdict.uncompressed_size == len(raw)
-    assert largest <= 48 << 20  # at most one minimum slice's worth, far below the 64 MiB
+    assert largest <= OUTPUT_CHUNK
+
+
+def test_zstd_bomb_stops_at_the_cap_before_it_is_decoded() -> None:
+    raw = os.urandom(600_000) + b"\0" * (256 << 20)
+    blob = zstandard.ZstdCompressor(level=3).compress(raw)
+    assert len(blob) < 2 << 20  # the whole bomb arrives in a few socket reads
+    verifier = verifier_for(Compression.ZSTD, blob, raw, max_uncompressed=4 << 20)
+    with pytest.raises(LayerTooLarge):
+        verifier.feed(blob)
+    assert verifier.uncompressed_size <= (4 << 20) + OUTPUT_CHUNK
 
 
 def test_uncompressed_consumer_sees_the_tar_stream() -> None:
