@@ -77,6 +77,7 @@ from puller.report import LayerResult
 from puller.transport import open_session
 
 T = TypeVar("T")
+K = TypeVar("K")
 
 DEFAULT_JOBS = 8
 DEFAULT_PER_REGISTRY = 4
@@ -884,14 +885,18 @@ def layer_findings(
 
 
 def layer_uses(
-    images: Iterable[ResolvedImage],
-) -> dict[BlobKey, list[tuple[ResolvedImage, LayerRef]]]:
-    uses: dict[BlobKey, list[tuple[ResolvedImage, LayerRef]]] = {}
+    images: Iterable[ResolvedImage], key: Callable[[ResolvedImage, LayerRef], K]
+) -> dict[K, list[tuple[ResolvedImage, LayerRef]]]:
+    """Every (image, layer) use, grouped by ``key``."""
+    uses: dict[K, list[tuple[ResolvedImage, LayerRef]]] = {}
     for image in images:
         for layer in image.layers:
-            key = blob_key(image.host, layer.digest, layer.media_type)
-            uses.setdefault(key, []).append((image, layer))
+            uses.setdefault(key(image, layer), []).append((image, layer))
     return uses
+
+
+def by_blob(image: ResolvedImage, layer: LayerRef) -> BlobKey:
+    return blob_key(image.host, layer.digest, layer.media_type)
 
 
 # ---------------------------------------------------------------------------------------
@@ -899,6 +904,10 @@ def layer_uses(
 
 # (host, repository, digest): where a layer must be served from
 Placement = tuple[str, str, str]
+
+
+def by_placement(image: ResolvedImage, layer: LayerRef) -> Placement:
+    return (image.host, image.repository, layer.digest)
 
 
 def presence_checks(images: Iterable[ResolvedImage], fetched: Iterable[BlobTask]) -> list[HeadTask]:
@@ -910,7 +919,7 @@ def presence_checks(images: Iterable[ResolvedImage], fetched: Iterable[BlobTask]
     checks: dict[Placement, HeadTask] = {}
     for image in images:
         for layer in image.layers:
-            where = (image.host, image.repository, layer.digest)
+            where = by_placement(image, layer)
             if where not in proven and where not in checks:
                 checks[where] = HeadTask(
                     image.host, image.repository, layer.digest, layer.size, layer.media_type
@@ -973,16 +982,6 @@ def presence_findings(
     return [_blob_finding(image.reference, "layer", outcome) for image, _ in uses]
 
 
-def uses_by_placement(
-    images: Iterable[ResolvedImage],
-) -> dict[Placement, list[tuple[ResolvedImage, LayerRef]]]:
-    uses: dict[Placement, list[tuple[ResolvedImage, LayerRef]]] = {}
-    for image in images:
-        for layer in image.layers:
-            uses.setdefault((image.host, image.repository, layer.digest), []).append((image, layer))
-    return uses
-
-
 async def _head_one(conns: Connections, task: HeadTask) -> BlobOutcome:
     answer: BlobHead | PullVerifyError
     try:
@@ -1032,7 +1031,7 @@ async def run_audit(
     resolution = await resolve_images(targets, settings, observer)
     tasks = distinct_blobs(resolution.images)
     cached, todo = split_cached(tasks, cache)
-    uses = layer_uses(resolution.images)
+    uses = layer_uses(resolution.images, by_blob)
     findings: list[Finding] = [*early_findings, *resolution.findings]
 
     def take(outcome: BlobOutcome) -> None:
@@ -1053,7 +1052,7 @@ async def run_audit(
     fetched = await verify_blobs(todo, settings, take)
 
     heads = presence_checks(resolution.images, todo)
-    placed = uses_by_placement(resolution.images)
+    placed = layer_uses(resolution.images, by_placement)
     # An image already told about a layer by its GET is not told again by a HEAD.
     told = {(f.reference, f.subject) for f in findings}
 
