@@ -5,8 +5,8 @@ ints) to each other, so any phase can run elsewhere (the blob phase on a distrib
 engine): each opens its own session and keeps no live state between calls.
 
     enumerate   lines | catalog walk        -> Target*
-    resolve     HEAD upstream, HEAD + GET   -> ResolvedImage*, configs checked, Finding*
-                the mirror (every platform)
+    resolve     HEAD upstream, HEAD + GET   -> ResolvedImage*, configs checked (in each
+                the mirror (every platform)    repository), Finding*
     distinct    the set of layers           -> BlobTask*        (pure)
     cached      SQLite record, --max-age    -> BlobOutcome* | BlobTask*
     verify      stream each blob once       -> BlobOutcome*
@@ -134,6 +134,8 @@ class ResolvedImage:
 # A layer blob is judged per (host, digest, compression): two manifests may name the same
 # bytes with different layer types, and each claim must be checked as what it says.
 BlobKey = tuple[str, str, str]
+# (host, repository, digest): where a blob must be served from
+Placement = tuple[str, str, str]
 
 
 def blob_key(host: str, digest: str, media_type: str) -> BlobKey:
@@ -490,9 +492,9 @@ class _Resolver:
         self.images: list[ResolvedImage] = []
         self.findings: list[Finding] = []
         self.unchecked: list[str] = []
-        self.configs: dict[tuple[str, str], BlobOutcome] = {}
-        self._config_diff_ids: dict[tuple[str, str], tuple[str, ...] | None] = {}
-        self._config_done: dict[tuple[str, str], anyio.Event] = {}
+        self.configs: dict[Placement, BlobOutcome] = {}
+        self._config_diff_ids: dict[Placement, tuple[str, ...] | None] = {}
+        self._config_done: dict[Placement, anyio.Event] = {}
 
     def report(self, finding: Finding) -> None:
         self.findings.append(finding)
@@ -654,7 +656,7 @@ class _Resolver:
         host, repo = target.host, target.repository
         config = manifest.config
         diff_ids = await self._config(host, repo, config)
-        outcome = self.configs[(host, str(config.digest))]
+        outcome = self.configs[(host, repo, str(config.digest))]
         if not outcome.ok:
             self.report(_blob_finding(shown, "config", outcome))
         elif diff_ids is not None and len(diff_ids) != len(manifest.layers):
@@ -692,8 +694,10 @@ class _Resolver:
         )
 
     async def _config(self, host: str, repo: str, desc: Descriptor) -> tuple[str, ...] | None:
-        """The config's diff_ids, fetching each distinct config once per run."""
-        key = (host, str(desc.digest))
+        """The config's diff_ids, fetching each distinct config once per repository: a
+        registry serves a blob through a repository only if that repository links it (and
+        configs are small)."""
+        key = (host, repo, str(desc.digest))
         done = self._config_done.get(key)
         if done is not None:
             await done.wait()
@@ -902,9 +906,6 @@ def by_blob(image: ResolvedImage, layer: LayerRef) -> BlobKey:
 # ---------------------------------------------------------------------------------------
 # Phase 6: each repository serves the layers its manifests name (pure, then HEADs)
 
-# (host, repository, digest): where a layer must be served from
-Placement = tuple[str, str, str]
-
 
 def by_placement(image: ResolvedImage, layer: LayerRef) -> Placement:
     return (image.host, image.repository, layer.digest)
@@ -1067,13 +1068,14 @@ async def run_audit(
 
     observer.phase("checking blobs in each repository", len(heads))
     await check_presence(heads, settings, judge)
-    configs = resolution.configs
+    configs = resolution.configs  # one per repository that uses it
+    distinct_configs = {(o.host, o.digest) for o in configs}
     bytes_fetched = sum(o.bytes_read for o in fetched) + sum(o.bytes_read for o in configs)
     summary = Summary(
         images=len(resolution.images),
         references=len(targets),
         unchecked=len(resolution.unchecked),
-        blobs=len(tasks) + len(configs),
+        blobs=len(tasks) + len(distinct_configs),
         blobs_fetched=len(fetched) + len(configs),
         blobs_cached=len(cached),
         bytes_fetched=bytes_fetched,

@@ -626,14 +626,34 @@ def test_a_layer_one_repository_does_not_link_is_missing_there(
     assert f"{registry.host}/links/b" in missing["message"]
     # Each blob is still fetched once; b's layers are asked for with a HEAD, not fetched.
     gets = blob_gets(registry, since)
-    assert len(gets) == len({d for _, d in gets}) == 3
     layers = {layer.digest for layer in image.layers}
-    assert {(r, d) for r, d in gets if d in layers} == {("links/a", d) for d in layers}
+    assert sorted((r, d) for r, d in gets if d in layers) == sorted(("links/a", d) for d in layers)
+    # The config is small and is what the layers are judged by: fetched in each repository.
+    assert sorted(r for r, d in gets if d == image.config.digest) == ["links/a", "links/b"]
     assert {(r, d, s) for r, d, s in blob_heads(registry, since)} == {
         ("links/b", image.layers[0].digest, 200),
         ("links/b", own, 404),
     }
     assert run.summary()["blobs_headed"] == 2
+
+
+def test_a_config_one_repository_does_not_link_is_missing_there_only(
+    registry: RunningRegistry,
+) -> None:
+    image = family(1, seed=92)[0]
+    for repo in ("cfg/a", "cfg/b", "cfg/c"):
+        push_image(registry.url, repo, "1", image)
+    delete_layer_link(registry, "cfg/b", image.config.digest)  # configs are linked as layers
+    registry.restart()
+    refs = "".join(f"{registry.host}/cfg/{r}:1\n" for r in "abc")
+    run = audit("-", "--json", stdin=refs)
+    assert run.exit_code == 1, run.stdout + run.stderr
+    [missing] = run.findings()
+    assert (_short(missing["reference"]), missing["kind"], missing["subject"]) == (
+        "cfg/b:1",
+        "blob-missing",
+        f"config {image.config.digest}",
+    )
 
 
 def test_a_cached_layer_the_mirror_lost_is_found_missing_without_fetching_it(
