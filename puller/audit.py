@@ -150,6 +150,10 @@ class BlobTask:
     digest: str
     size: int
     media_type: str
+    # The other repositories of ``host`` that use it: fetched through them in turn while
+    # a repository answers 404, so one missing link neither hides the content nor is
+    # blamed on the others.
+    others: tuple[str, ...] = ()
 
     @property
     def key(self) -> BlobKey:
@@ -183,6 +187,8 @@ class BlobOutcome:
     bytes_read: int = 0
     cached: bool = False
     compression: str = ""  # how a layer was inflated: its diff_id holds only for that
+    tried: tuple[str, ...] = ()  # repositories a GET went through, in order
+    missing_in: tuple[str, ...] = ()  # those of them that answered 404
 
     @property
     def key(self) -> BlobKey:
@@ -755,15 +761,24 @@ async def resolve_images(
 
 def distinct_blobs(images: Iterable[ResolvedImage]) -> list[BlobTask]:
     """One task per blob key, in first-seen order, however many images share it."""
-    seen: dict[BlobKey, BlobTask] = {}
+    first: dict[BlobKey, tuple[ResolvedImage, LayerRef]] = {}
+    repositories: dict[BlobKey, list[str]] = {}
     for image in images:
         for layer in image.layers:
-            key = blob_key(image.host, layer.digest, layer.media_type)
-            if key not in seen:
-                seen[key] = BlobTask(
-                    image.host, image.repository, layer.digest, layer.size, layer.media_type
-                )
-    return list(seen.values())
+            key = by_blob(image, layer)
+            first.setdefault(key, (image, layer))
+            names = repositories.setdefault(key, [])
+            if image.repository not in names:
+                names.append(image.repository)
+    tasks = []
+    for key, (image, layer) in first.items():
+        name, *others = repositories[key]
+        tasks.append(
+            BlobTask(
+                image.host, name, layer.digest, layer.size, layer.media_type, others=tuple(others)
+            )
+        )
+    return tasks
 
 
 def split_cached(
@@ -795,6 +810,19 @@ def split_cached(
 
 
 async def _verify_one(conns: Connections, task: BlobTask) -> BlobOutcome:
+    """GET and verify the blob through its first repository, or the next while one
+    answers 404."""
+    missing: list[str] = []
+    for repository in (task.repository, *task.others):
+        outcome = await _verify_in(conns, task, repository)
+        if outcome.kind != BLOB_MISSING:
+            break
+        missing.append(repository)
+    tried = (*missing, repository) if outcome.kind != BLOB_MISSING else tuple(missing)
+    return dataclasses.replace(outcome, tried=tried, missing_in=tuple(missing))
+
+
+async def _verify_in(conns: Connections, task: BlobTask, repository: str) -> BlobOutcome:
     try:
         digest = parse_digest(task.digest)
         descriptor = Descriptor(task.media_type, digest, task.size)
@@ -803,7 +831,7 @@ async def _verify_one(conns: Connections, task: BlobTask) -> BlobOutcome:
 
         async def fetch(_client: GatedClient) -> None:
             # The puller's own loop: streaming, Range resume, retries, CPU in threads.
-            await puller.fetch_layer(task.repository, layer)
+            await puller.fetch_layer(repository, layer)
 
         await conns.call(task.host, fetch)
         verdict = layer.verdict
@@ -866,10 +894,15 @@ def _blob_finding(reference: str, what: str, outcome: BlobOutcome) -> Finding:
 def layer_findings(
     outcome: BlobOutcome, uses: Iterable[tuple[ResolvedImage, LayerRef]]
 ) -> list[Finding]:
-    """Findings one layer outcome causes in each image that uses it."""
+    """Findings one layer outcome causes in each image that uses it: a repository that
+    answered 404 is told so; the content's verdict holds for every repository (the bytes
+    are the same bytes, stored once)."""
     found: list[Finding] = []
     for image, layer in uses:
-        if not outcome.ok:
+        if image.repository in outcome.missing_in:
+            missing = not_served(outcome.host, image.repository, outcome.digest, outcome.size)
+            found.append(_blob_finding(image.reference, "layer", missing))
+        elif not outcome.ok:
             found.append(_blob_finding(image.reference, "layer", outcome))
         elif layer.diff_id and outcome.diff_id != layer.diff_id:
             found.append(
@@ -886,6 +919,20 @@ def layer_findings(
                 )
             )
     return found
+
+
+def not_served(host: str, repository: str, digest: str, size: int) -> BlobOutcome:
+    """A repository answered 404 for a layer one of its manifests names."""
+    return BlobOutcome(
+        host,
+        digest,
+        size,
+        kind=BLOB_MISSING,
+        expected="blob present",
+        actual="HTTP 404",
+        message=f"layer {digest} is not served by {host}/{repository} (HTTP 404), "
+        "though its manifest names it",
+    )
 
 
 def layer_uses(
@@ -911,12 +958,14 @@ def by_placement(image: ResolvedImage, layer: LayerRef) -> Placement:
     return (image.host, image.repository, layer.digest)
 
 
-def presence_checks(images: Iterable[ResolvedImage], fetched: Iterable[BlobTask]) -> list[HeadTask]:
+def presence_checks(
+    images: Iterable[ResolvedImage], fetched: Iterable[BlobOutcome]
+) -> list[HeadTask]:
     """One HEAD per (host, repository, layer digest) the images use, first seen first.
 
     Pairs a GET of this run went through are left out: the GET proved them.
     """
-    proven = {(t.host, t.repository, t.digest) for t in fetched}
+    proven = {(o.host, repository, o.digest) for o in fetched for repository in o.tried}
     checks: dict[Placement, HeadTask] = {}
     for image in images:
         for layer in image.layers:
@@ -934,13 +983,7 @@ def judge_head(task: HeadTask, answer: BlobHead | PullVerifyError) -> BlobOutcom
     if isinstance(answer, PullVerifyError):
         outcome = error_outcome(task.host, task.digest, task.size, answer)
         if outcome.kind == BLOB_MISSING:
-            outcome = dataclasses.replace(
-                outcome,
-                expected="blob present",
-                actual="HTTP 404",
-                message=f"layer {task.digest} is not served by {served_by} (HTTP 404), "
-                "though its manifest names it",
-            )
+            return not_served(task.host, task.repository, task.digest, task.size)
         return outcome
     fine = BlobOutcome(task.host, task.digest, task.size)
     if answer.content_digest is not None:
@@ -960,8 +1003,9 @@ def judge_head(task: HeadTask, answer: BlobHead | PullVerifyError) -> BlobOutcom
                 message=f"{served_by} answers for layer {task.digest} with "
                 f"Docker-Content-Digest {answer.content_digest}",
             )
-    # No Content-Length (a redirect's is its own body's) leaves only presence to judge.
-    if answer.size is not None and answer.size != task.size:
+    # No Content-Length (a redirect's is its own body's) leaves only presence to judge;
+    # some proxies answer every HEAD with Content-Length: 0.
+    if answer.size and answer.size != task.size:
         return dataclasses.replace(
             fine,
             kind=BLOB_CORRUPT,
@@ -1034,6 +1078,16 @@ async def run_audit(
     cached, todo = split_cached(tasks, cache)
     uses = layer_uses(resolution.images, by_blob)
     findings: list[Finding] = [*early_findings, *resolution.findings]
+    # One finding per image and blob: a manifest may name a layer twice, and a HEAD may
+    # meet what a GET already reported.
+    told = {(f.reference, f.subject) for f in findings}
+
+    def tell(found: Iterable[Finding]) -> None:
+        for finding in found:
+            if (finding.reference, finding.subject) not in told:
+                told.add((finding.reference, finding.subject))
+                findings.append(finding)
+                observer.finding(finding)
 
     def take(outcome: BlobOutcome) -> None:
         host, digest, compression = outcome.key
@@ -1042,9 +1096,7 @@ async def run_audit(
                 cache.record(host, digest, compression, outcome.size, outcome.diff_id)
             else:
                 cache.forget(host, digest, compression)
-        for finding in layer_findings(outcome, uses.get(outcome.key, [])):
-            findings.append(finding)
-            observer.finding(finding)
+        tell(layer_findings(outcome, uses.get(outcome.key, [])))
         observer.advance()
 
     observer.phase("verifying blobs", len(tasks))
@@ -1052,18 +1104,13 @@ async def run_audit(
         take(outcome)
     fetched = await verify_blobs(todo, settings, take)
 
-    heads = presence_checks(resolution.images, todo)
+    heads = presence_checks(resolution.images, fetched)
     placed = layer_uses(resolution.images, by_placement)
-    # An image already told about a layer by its GET is not told again by a HEAD.
-    told = {(f.reference, f.subject) for f in findings}
 
     def judge(task: HeadTask, outcome: BlobOutcome) -> None:
-        for finding in presence_findings(
-            outcome, placed[(task.host, task.repository, task.digest)]
-        ):
-            if (finding.reference, finding.subject) not in told:
-                findings.append(finding)
-                observer.finding(finding)
+        if cache is not None and outcome.kind == BLOB_CORRUPT:
+            cache.forget(*blob_key(task.host, task.digest, task.media_type))  # check it again
+        tell(presence_findings(outcome, placed[(task.host, task.repository, task.digest)]))
         observer.advance()
 
     observer.phase("checking blobs in each repository", len(heads))

@@ -20,10 +20,12 @@ from typer.testing import CliRunner
 
 from puller.audit import (
     AuditSettings,
+    BlobOutcome,
     BlobTask,
     HeadTask,
     LayerRef,
     ResolvedImage,
+    distinct_blobs,
     judge_head,
     presence_checks,
     presence_findings,
@@ -637,6 +639,46 @@ def test_a_layer_one_repository_does_not_link_is_missing_there(
     assert run.summary()["blobs_headed"] == 2
 
 
+def test_the_first_repository_missing_a_link_is_not_blamed_on_the_others(
+    registry: RunningRegistry,
+) -> None:
+    # a comes first, so its 404 is what the one GET meets: b must not inherit it, and the
+    # layer's bytes must still be verified, through b.
+    image = family(1, seed=94)[0]
+    push_image(registry.url, "first/a", "1", image)
+    push_image(registry.url, "first/b", "1", image)
+    own = image.layers[1].digest
+    delete_layer_link(registry, "first/a", own)
+    registry.restart()
+    since = len(registry.access_log())
+    run = audit("-", "--json", stdin=f"{registry.host}/first/a:1\n{registry.host}/first/b:1\n")
+    assert run.exit_code == 1, run.stdout + run.stderr
+    [missing] = run.findings()
+    assert (_short(missing["reference"]), missing["kind"], missing["subject"]) == (
+        "first/a:1",
+        "blob-missing",
+        f"layer {own}",
+    )
+    assert [r for r, d in blob_gets(registry, since) if d == own] == ["first/a", "first/b"]
+    summary = run.summary()
+    assert summary["blobs_headed"] == 1  # b's base layer: the GETs proved the rest
+    assert summary["findings_by_kind"] == {"blob-missing": 1}
+
+
+def test_a_layer_named_twice_in_a_manifest_is_one_finding(registry: RunningRegistry) -> None:
+    twice = LayerSpec(make_tar({"same.bin": random_bytes(2048, 96)}))
+    image = build_image([twice, twice], fmt="oci")
+    for repo in ("twice/a", "twice/b"):
+        push_image(registry.url, repo, "1", image)
+    delete_layer_link(registry, "twice/b", image.layers[0].digest)
+    registry.restart()
+    run = audit("-", "--json", stdin=f"{registry.host}/twice/a:1\n{registry.host}/twice/b:1\n")
+    assert run.exit_code == 1, run.stdout + run.stderr
+    assert [(_short(f["reference"]), f["kind"]) for f in run.findings()] == [
+        ("twice/b:1", "blob-missing")
+    ]
+
+
 def test_a_config_one_repository_does_not_link_is_missing_there_only(
     registry: RunningRegistry,
 ) -> None:
@@ -730,6 +772,29 @@ def test_head_answers_redirect_lying_header_and_server_error(registry: RunningRe
     assert len(heads) == 4  # b and c, each layer once: a's were fetched
 
 
+def test_a_head_that_finds_a_cached_layer_wrong_makes_the_next_run_fetch_it(
+    registry: RunningRegistry, tmp_path: Path
+) -> None:
+    image = family(1, seed=98)[0]
+    push_image(registry.url, "lied/app", "1", image)
+    own = image.layers[1].digest
+    cache = tmp_path / "audit.db"
+    with FaultProxy(registry.url) as proxy:
+        refs = f"{proxy.host}/lied/app:1\n"
+        first = audit("-", "--json", "--cache", str(cache), stdin=refs)
+        assert first.exit_code == 0, first.stdout + first.stderr
+        # Cached now: the next run only HEADs it, and the HEAD lies about its digest.
+        proxy.add(Rule(Fault.WRONG_DIGEST_HEADER, method="HEAD", path_contains=own))
+        lied = audit("-", "--json", "--cache", str(cache), stdin=refs)
+        assert lied.kinds() == {("lied/app:1", "blob-corrupt", "digest")}
+        third = audit("-", "--json", "--cache", str(cache), stdin=refs)
+        gets = [r.path for r in proxy.log if r.method == "GET" and own in r.path]
+    # The record was dropped, so the third run fetched the bytes again (and found them fine).
+    assert third.exit_code == 0, third.stdout + third.stderr
+    assert len(gets) == 2
+    assert third.summary()["blobs_cached"] == 1
+
+
 # -- the presence phase's pure parts ------------------------------------------------------
 
 _GZ = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -750,14 +815,31 @@ def test_presence_checks_skip_only_what_a_get_proved_in_that_repository() -> Non
         _resolved("b", "2", _D1, _D3),  # the same pairs again: asked once
         _resolved("a", "1", _D1, host="127.0.0.1:5001"),  # another host is another mirror
     ]
-    fetched = [BlobTask(_H, "a", _D1, 10, _GZ), BlobTask(_H, "a", _D2, 10, _GZ)]  # _D3 cached
-    assert presence_checks(images, fetched) == [
+    fetched = [BlobOutcome(_H, _D1, 10, tried=("a",)), BlobOutcome(_H, _D2, 10, tried=("a",))]
+    assert presence_checks(images, fetched) == [  # _D3 was cached: no GET went anywhere
         HeadTask(_H, "b", _D1, 10, _GZ),
         HeadTask(_H, "b", _D3, 10, _GZ),
         HeadTask("127.0.0.1:5001", "a", _D1, 10, _GZ),
     ]
     # Nothing fetched (every layer cached): every pair is asked for.
     assert len(presence_checks(images, [])) == 5
+    # A GET that met a 404 in b and then served _D1 through a proved both pairs.
+    both = [BlobOutcome(_H, _D1, 10, tried=("b", "a"), missing_in=("b",))]
+    assert HeadTask(_H, "b", _D1, 10, _GZ) not in presence_checks(images, both)
+
+
+def test_distinct_blobs_name_every_repository_to_fall_back_on() -> None:
+    images = [
+        _resolved("a", "1", _D1, _D2),
+        _resolved("b", "1", _D1),
+        _resolved("b", "2", _D1),
+        _resolved("c", "1", _D1, host="127.0.0.1:5001"),
+    ]
+    assert distinct_blobs(images) == [
+        BlobTask(_H, "a", _D1, 10, _GZ, others=("b",)),
+        BlobTask(_H, "a", _D2, 10, _GZ),
+        BlobTask("127.0.0.1:5001", "c", _D1, 10, _GZ),
+    ]
 
 
 def test_judging_a_head_answer() -> None:
