@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from hypothesis import given
@@ -108,6 +109,9 @@ def test_summary_counts_kinds_in_a_fixed_order() -> None:
     assert lines[0] == "Audited 4 references, 5 images (1 could not be checked)"
     assert lines[1] == "Blobs: 9 distinct, 7 fetched (123.5 kB), 2 verified earlier (cache)"
     assert lines[2].startswith("Status: 4 findings (tag-missing 1, blob-corrupt 2")
+    headed = summary_lines(dataclasses.replace(summary, blobs_headed=6))[1]
+    assert headed.endswith("2 verified earlier (cache), 6 checked per repository (HEAD)")
+    assert summary_json(dataclasses.replace(summary, blobs_headed=6))["blobs_headed"] == 6
 
 
 def test_errors_map_to_their_own_kinds() -> None:
@@ -160,7 +164,7 @@ def test_html_report_escapes_what_registries_send() -> None:
         actual="&amp;",
         detail="digest",
     )
-    summary = Summary(1, 1, 0, 1, 1, 0, 10, {"blob-corrupt": 1}, 0.5, 1)
+    summary = Summary(1, 1, 0, 1, 1, 0, 10, {"blob-corrupt": 1}, 0.5, 1, blobs_headed=3)
     page = render_html(
         title="Audit <of> x",
         summary=summary,
@@ -174,3 +178,4 @@ def test_html_report_escapes_what_registries_send() -> None:
     assert "&amp;amp;" in page
     assert "<title>Audit &lt;of&gt; x</title>" in page
     assert '<td class="bad">1 finding</td>' in page
+    assert "<tr><th>Layers checked per repository (HEAD)</th><td>3</td></tr>" in page
