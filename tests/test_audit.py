@@ -8,6 +8,7 @@ import re
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -602,20 +603,29 @@ def blob_heads(registry: RunningRegistry, since: int = 0) -> list[tuple[str, str
     return found
 
 
+def audit_with_a_link_deleted(
+    registry: RunningRegistry, image: BuiltImage, repos: Sequence[str], repo: str, digest: str
+) -> tuple[Run, int]:
+    """Push ``image`` as tag 1 of each of ``repos``, delete ``repo``'s link to ``digest``,
+    restart (the registry caches descriptors), and audit every tag 1; with the access log's
+    length before the audit."""
+    for name in repos:
+        push_image(registry.url, name, "1", image)
+    delete_layer_link(registry, repo, digest)
+    registry.restart()
+    since = len(registry.access_log())
+    refs = "".join(f"{registry.host}/{name}:1\n" for name in repos)
+    return audit("-", "--json", stdin=refs), since
+
+
 def test_a_layer_one_repository_does_not_link_is_missing_there(
     registry: RunningRegistry,
 ) -> None:
     # The same image in two repositories; b loses its link to one layer. `docker pull` of
     # b fails (BLOB_UNKNOWN) although the blob is stored and served through a.
     image = family(1, seed=91)[0]
-    push_image(registry.url, "links/a", "1", image)
-    push_image(registry.url, "links/b", "1", image)
     own = image.layers[1].digest
-    delete_layer_link(registry, "links/b", own)
-    registry.restart()
-    since = len(registry.access_log())
-
-    run = audit("-", "--json", stdin=f"{registry.host}/links/a:1\n{registry.host}/links/b:1\n")
+    run, since = audit_with_a_link_deleted(registry, image, ["links/a", "links/b"], "links/b", own)
     assert run.exit_code == 1, run.stdout + run.stderr
     [missing] = run.findings()
     assert (missing["reference"], missing["kind"], missing["subject"], missing["host"]) == (
@@ -645,13 +655,8 @@ def test_the_first_repository_missing_a_link_is_not_blamed_on_the_others(
     # a comes first, so its 404 is what the one GET meets: b must not inherit it, and the
     # layer's bytes must still be verified, through b.
     image = family(1, seed=94)[0]
-    push_image(registry.url, "first/a", "1", image)
-    push_image(registry.url, "first/b", "1", image)
     own = image.layers[1].digest
-    delete_layer_link(registry, "first/a", own)
-    registry.restart()
-    since = len(registry.access_log())
-    run = audit("-", "--json", stdin=f"{registry.host}/first/a:1\n{registry.host}/first/b:1\n")
+    run, since = audit_with_a_link_deleted(registry, image, ["first/a", "first/b"], "first/a", own)
     assert run.exit_code == 1, run.stdout + run.stderr
     [missing] = run.findings()
     assert (_short(missing["reference"]), missing["kind"], missing["subject"]) == (
@@ -668,11 +673,8 @@ def test_the_first_repository_missing_a_link_is_not_blamed_on_the_others(
 def test_a_layer_named_twice_in_a_manifest_is_one_finding(registry: RunningRegistry) -> None:
     twice = LayerSpec(make_tar({"same.bin": random_bytes(2048, 96)}))
     image = build_image([twice, twice], fmt="oci")
-    for repo in ("twice/a", "twice/b"):
-        push_image(registry.url, repo, "1", image)
-    delete_layer_link(registry, "twice/b", image.layers[0].digest)
-    registry.restart()
-    run = audit("-", "--json", stdin=f"{registry.host}/twice/a:1\n{registry.host}/twice/b:1\n")
+    repos = ["twice/a", "twice/b"]
+    run, _ = audit_with_a_link_deleted(registry, image, repos, "twice/b", image.layers[0].digest)
     assert run.exit_code == 1, run.stdout + run.stderr
     assert [(_short(f["reference"]), f["kind"]) for f in run.findings()] == [
         ("twice/b:1", "blob-missing")
@@ -683,12 +685,9 @@ def test_a_config_one_repository_does_not_link_is_missing_there_only(
     registry: RunningRegistry,
 ) -> None:
     image = family(1, seed=92)[0]
-    for repo in ("cfg/a", "cfg/b", "cfg/c"):
-        push_image(registry.url, repo, "1", image)
-    delete_layer_link(registry, "cfg/b", image.config.digest)  # configs are linked as layers
-    registry.restart()
-    refs = "".join(f"{registry.host}/cfg/{r}:1\n" for r in "abc")
-    run = audit("-", "--json", stdin=refs)
+    repos = ["cfg/a", "cfg/b", "cfg/c"]
+    # Configs are linked in a repository like layers.
+    run, _ = audit_with_a_link_deleted(registry, image, repos, "cfg/b", image.config.digest)
     assert run.exit_code == 1, run.stdout + run.stderr
     [missing] = run.findings()
     assert (_short(missing["reference"]), missing["kind"], missing["subject"]) == (
