@@ -40,11 +40,19 @@ from puller.verify import LayerVerifier
 _STOP = b""  # never a real chunk: empty reads end the stream before they get here
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (a container's cpuset, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
 class Crowd:
     """How many layers are left to verify, shared by one puller's feeders."""
 
     def __init__(self, *, cores: int | None = None, jobs: int) -> None:
-        self.cores = max(1, cores or os.cpu_count() or 1)
+        self.cores = max(1, cores or usable_cores())
         self.jobs = max(1, jobs)
         self.unfinished = 0
 

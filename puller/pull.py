@@ -14,7 +14,6 @@ verdict on the others. Only cancellation escapes.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from puller.errors import (
     RegistryError,
     UnsupportedContent,
 )
-from puller.feed import Crowd, ThreadedFeeder
+from puller.feed import Crowd, ThreadedFeeder, usable_cores
 from puller.imageconfig import parse_config
 from puller.manifest import (
     Descriptor,
@@ -264,7 +263,7 @@ class Puller:
         self.sink: BlobSink = sink or DiscardSink()
         self.progress: Progress = progress or NoProgress()
         self._jobs = anyio.CapacityLimiter(max(1, options.jobs))
-        self._cpu = anyio.CapacityLimiter(max(1, options.cpu_threads or os.cpu_count() or 2))
+        self._cpu = anyio.CapacityLimiter(max(1, options.cpu_threads or usable_cores()))
         # Layers left to verify: one thread each while they outnumber the cores (feed.py).
         self._crowd = crowd or Crowd(cores=options.cpu_threads or None, jobs=options.jobs)
 

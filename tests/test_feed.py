@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gzip
 import os
+import subprocess
+import sys
 import threading
 
 import anyio
@@ -147,3 +149,14 @@ def test_a_wrong_diff_id_is_found_whatever_the_shape() -> None:
         anyio.run(main)
         with pytest.raises(DiffIDMismatch):
             v.finish()
+
+
+def test_cores_are_those_the_process_may_run_on() -> None:
+    """A container pinned to one core of a big host must not crowd it with threads."""
+    pinned = subprocess.run(
+        ["taskset", "-c", "0", sys.executable, "-c",
+         "from puller.feed import Crowd; print(Crowd(jobs=4).cores)"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert pinned.stdout.strip() == "1"
+    assert Crowd(jobs=4).cores == len(os.sched_getaffinity(0))
