@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from puller.errors import EXIT_INTEGRITY, EXIT_NETWORK, EXIT_OK, EXIT_REGISTRY
+from puller.report import human_size
 
 TAG_MISSING = "tag-missing"
 STALE_DIGEST = "stale-digest"
@@ -153,15 +154,6 @@ def summary_json(summary: Summary) -> dict[str, Any]:
     }
 
 
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
 def summary_lines(summary: Summary) -> list[str]:
     by_kind = ", ".join(f"{kind} {n}" for kind, n in summary.findings_by_kind.items())
     noun = "finding" if summary.findings == 1 else "findings"
@@ -171,7 +163,7 @@ def summary_lines(summary: Summary) -> list[str]:
         f"Audited {summary.references} references, {summary.images} images"
         + (f" ({summary.unchecked} could not be checked)" if summary.unchecked else ""),
         f"Blobs: {summary.blobs} distinct, {summary.blobs_fetched} fetched "
-        f"({_size(summary.bytes_fetched)}), {summary.blobs_cached} verified earlier (cache)"
+        f"({human_size(summary.bytes_fetched)}), {summary.blobs_cached} verified earlier (cache)"
         + (headed if summary.blobs_headed else ""),
         f"Status: {status} in {summary.seconds:.1f}s",
     ]

@@ -206,6 +206,20 @@ def _layer_json(layer: LayerResult) -> dict[str, Any]:
     }
 
 
+def image_fields(image: ImageResult) -> dict[str, Any]:
+    """What one image is, as ``--json`` and ``puller inspect`` both show it."""
+    return {
+        "platform": str(image.platform) if image.platform else None,
+        "digest": str(image.manifest_digest) if image.manifest_digest else None,
+        "media_type": image.media_type,
+        "image_id": str(image.image_id) if image.image_id else None,
+        "created": image.created,
+        "verified": image.ok,
+        "compressed_size": image.compressed_size,
+        "uncompressed_size": image.uncompressed_size,
+    }
+
+
 def to_json(result: PullResult) -> dict[str, Any]:
     return {
         "reference": result.reference,
@@ -219,14 +233,7 @@ def to_json(result: PullResult) -> dict[str, Any]:
         "images": [
             {
                 "reference": image.reference,
-                "platform": str(image.platform) if image.platform else None,
-                "digest": str(image.manifest_digest) if image.manifest_digest else None,
-                "media_type": image.media_type,
-                "image_id": str(image.image_id) if image.image_id else None,
-                "created": image.created,
-                "verified": image.ok,
-                "compressed_size": image.compressed_size,
-                "uncompressed_size": image.uncompressed_size,
+                **image_fields(image),
                 "checks": [_check_json(c) for c in image.checks],
                 "layers": [_layer_json(layer) for layer in image.layers],
                 "error": _error_json(image.error),

@@ -63,6 +63,8 @@ def _error_doc(error: PullVerifyError | None) -> dict[str, Any] | None:
 
 def remote_doc(result: PullResult, platforms: list[str]) -> dict[str, Any]:
     """The inspect document of a verified (or failed) pull."""
+    from puller.report import image_fields
+
     images = []
     for image in result.images:
         layers = [
@@ -75,19 +77,7 @@ def remote_doc(result: PullResult, platforms: list[str]) -> dict[str, Any]:
             )
             for layer in image.layers
         ]
-        images.append(
-            {
-                "platform": str(image.platform) if image.platform else None,
-                "digest": str(image.manifest_digest) if image.manifest_digest else None,
-                "media_type": image.media_type,
-                "image_id": str(image.image_id) if image.image_id else None,
-                "created": image.created,
-                "compressed_size": image.compressed_size,
-                "uncompressed_size": image.uncompressed_size,
-                "verified": image.ok,
-                "layers": layers,
-            }
-        )
+        images.append({**image_fields(image), "layers": layers})
     return {
         "reference": result.reference,
         "digest": str(result.manifest_digest) if result.manifest_digest else None,
